@@ -1,0 +1,182 @@
+"""Samplers as pure functions of (denoiser, x_T, schedule, steps).
+
+A *denoiser* is any callable ``denoiser(x, t) -> eps`` where ``t`` is a float tensor of shape
+``(batch,)`` holding discrete step indices in ``[0, T)``. What to record is declared by the caller
+through ``observer``: it is called once per step with a :class:`Step` and must not modify tensors.
+
+The DDIM update follows SCIENCE.md section 1 and agrees with ``diffusers.DDIMScheduler``
+(``timestep_spacing="leading"``, ``set_alpha_to_one=True``, ``clip_sample=False``, eta = 0).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence
+
+import torch
+
+from .schedule import Schedule
+
+__all__ = [
+    "Step",
+    "Denoiser",
+    "timesteps",
+    "ddim",
+    "ddpm",
+    "predict_x0",
+    "guided",
+    "randn_per_sample",
+]
+
+Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Step:
+    """What the sampler knows at one step (all tensors are shared, do not modify them)."""
+
+    index: int  # 0 .. steps-1, in sampling order
+    t: int  # current step index k
+    t_prev: int  # next (less noisy) step index, -1 for the final step to x_0
+    alpha_bar: float
+    alpha_bar_prev: float
+    x: torch.Tensor  # x_k
+    eps: torch.Tensor  # the denoiser's prediction at (x_k, k)
+    x0: torch.Tensor  # x0_hat = (x_k - sqrt(1-ab) eps) / sqrt(ab)
+    x_prev: torch.Tensor  # the latent after the update
+
+
+Observer = Callable[[Step], None]
+
+
+def timesteps(schedule: Schedule, steps: int, spacing: str = "leading") -> list[int]:
+    """Descending step indices for a sampler of ``steps`` steps.
+
+    ``"leading"``: ``k_i = i * (T // steps)`` (the diffusers default for DDIM and Stable Diffusion);
+    ``"trailing"``: ``round(T - i * T/steps) - 1``; ``"linspace"``: ``round(linspace(0, T-1, steps))``.
+    """
+    T = schedule.T  # noqa: N806
+    if int(steps) != steps or not 1 <= steps <= T:
+        raise ValueError(f"steps must be an integer in [1, {T}], got {steps}")
+    steps = int(steps)
+    if spacing == "leading":
+        ratio = T // steps
+        ks = [i * ratio for i in range(steps)]
+    elif spacing == "trailing":
+        ratio = T / steps
+        ks = [int(round(T - i * ratio)) - 1 for i in range(steps)][::-1]
+    elif spacing == "linspace":
+        ks = torch.linspace(0, T - 1, steps, dtype=torch.float64).round().long().tolist()
+    else:
+        raise ValueError(f"spacing must be 'leading', 'trailing' or 'linspace', got {spacing!r}")
+    return sorted(ks, reverse=True)
+
+
+def predict_x0(x: torch.Tensor, eps: torch.Tensor, alpha_bar: float) -> torch.Tensor:
+    """x0_hat = (x - sqrt(1 - ab) eps) / sqrt(ab)."""
+    return (x - (1.0 - alpha_bar) ** 0.5 * eps) / alpha_bar**0.5
+
+
+def _prev_steps(ks: Sequence[int]) -> list[int]:
+    return list(ks[1:]) + [-1]
+
+
+def _check(x_T: torch.Tensor, schedule: Schedule) -> None:  # noqa: N803
+    if not isinstance(schedule, Schedule):
+        raise TypeError("schedule must be a diffmem.schedule.Schedule (e.g. schedule.linear())")
+    if not torch.is_floating_point(x_T):
+        raise ValueError("x_T must be a floating-point tensor")
+
+
+@torch.no_grad()
+def ddim(
+    denoiser: Denoiser,
+    x_T: torch.Tensor,  # noqa: N803
+    schedule: Schedule,
+    steps: int = 50,
+    *,
+    spacing: str = "leading",
+    observer: Optional[Observer] = None,
+    ks: Optional[Sequence[int]] = None,
+) -> torch.Tensor:
+    """Deterministic DDIM (eta = 0) from ``x_T``; returns the final x0 estimate.
+
+    ``x_{k'} = sqrt(ab_{k'}) x0_hat + sqrt(1 - ab_{k'}) eps_hat``, with ``ab_{-1} = 1`` at the last step.
+    Pass ``ks`` to use explicit descending step indices instead of ``steps``/``spacing``.
+    """
+    _check(x_T, schedule)
+    ks = list(ks) if ks is not None else timesteps(schedule, steps, spacing)
+    ab_all = schedule.alphas_cumprod
+    x = x_T
+    for i, (k, k_prev) in enumerate(zip(ks, _prev_steps(ks))):
+        ab = float(ab_all[k])
+        ab_prev = float(ab_all[k_prev]) if k_prev >= 0 else 1.0
+        eps = denoiser(x, torch.full((x.shape[0],), float(k), dtype=x.dtype, device=x.device))
+        x0 = predict_x0(x, eps, ab)
+        x_new = ab_prev**0.5 * x0 + (1.0 - ab_prev) ** 0.5 * eps
+        if observer is not None:
+            observer(Step(i, k, k_prev, ab, ab_prev, x, eps, x0, x_new))
+        x = x_new
+    return x
+
+
+@torch.no_grad()
+def ddpm(
+    denoiser: Denoiser,
+    x_T: torch.Tensor,  # noqa: N803
+    schedule: Schedule,
+    steps: Optional[int] = None,
+    *,
+    generator: Optional[torch.Generator] = None,
+    spacing: str = "leading",
+    observer: Optional[Observer] = None,
+) -> torch.Tensor:
+    """Ancestral DDPM sampling (posterior variance ``beta_tilde``, as diffusers' ``fixed_small``).
+
+    With ``steps < T`` the per-step beta is ``1 - ab_k / ab_{k'}`` between consecutive used steps.
+    The fresh noise comes from ``generator``; it is not added at the last step.
+    """
+    _check(x_T, schedule)
+    ks = timesteps(schedule, steps or schedule.T, spacing)
+    ab_all = schedule.alphas_cumprod
+    x = x_T
+    for i, (k, k_prev) in enumerate(zip(ks, _prev_steps(ks))):
+        ab = float(ab_all[k])
+        ab_prev = float(ab_all[k_prev]) if k_prev >= 0 else 1.0
+        beta = 1.0 - ab / ab_prev
+        eps = denoiser(x, torch.full((x.shape[0],), float(k), dtype=x.dtype, device=x.device))
+        x0 = predict_x0(x, eps, ab)
+        mean = (ab_prev**0.5 * beta / (1.0 - ab)) * x0 + ((1.0 - beta) ** 0.5 * (1.0 - ab_prev) / (1.0 - ab)) * x
+        if k_prev >= 0:
+            var = (1.0 - ab_prev) / (1.0 - ab) * beta
+            z = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+            x_new = mean + var**0.5 * z
+        else:
+            x_new = mean
+        if observer is not None:
+            observer(Step(i, k, k_prev, ab, ab_prev, x, eps, x0, x_new))
+        x = x_new
+    return x
+
+
+def guided(cond: Denoiser, uncond: Denoiser, scale: float) -> Denoiser:
+    """Classifier-free guidance: ``eps_u + scale (eps_c - eps_u)`` as a new denoiser."""
+
+    def denoiser(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        eps_u = uncond(x, t)
+        return eps_u + scale * (cond(x, t) - eps_u)
+
+    return denoiser
+
+
+def randn_per_sample(seeds: Sequence[int], shape: Sequence[int], dtype=torch.float32) -> torch.Tensor:
+    """Standard normal noise of shape ``(len(seeds), *shape)`` where row i depends only on seeds[i].
+
+    Results therefore do not depend on how samples are batched.
+    """
+    out = torch.empty((len(seeds), *shape), dtype=dtype)
+    g = torch.Generator()
+    for i, s in enumerate(seeds):
+        g.manual_seed(int(s))
+        out[i] = torch.randn(tuple(shape), generator=g, dtype=dtype)
+    return out

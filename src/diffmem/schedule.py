@@ -1,0 +1,78 @@
+"""Noise schedules and conversions between discrete DDPM steps and Ornstein-Uhlenbeck time.
+
+Notation (SCIENCE.md section 1): ``alpha_bar[k] = prod_{j<=k} (1 - beta_j)``; the forward process is
+``x_k = sqrt(alpha_bar[k]) x_0 + sqrt(1 - alpha_bar[k]) eps``. The continuous OU time of step k is
+``t = -1/2 log alpha_bar[k]`` so that ``x_t = e^{-t} x_0 + sqrt(Delta_t) xi`` with
+``Delta_t = 1 - e^{-2t}``. Everything is float64; cast at the point of use.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+__all__ = ["Schedule", "linear", "alpha_bar_from_ou_time", "ou_time_from_alpha_bar", "noise"]
+
+
+@dataclass(frozen=True, eq=False)
+class Schedule:
+    """A discrete variance-preserving schedule with T steps (indices 0..T-1)."""
+
+    betas: torch.Tensor
+    alphas_cumprod: torch.Tensor = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        betas = torch.as_tensor(self.betas, dtype=torch.float64)
+        if betas.ndim != 1 or betas.numel() < 2:
+            raise ValueError("betas must be a 1-D sequence of at least 2 values")
+        if not torch.all((betas > 0) & (betas < 1)):
+            raise ValueError("every beta must lie in (0, 1)")
+        object.__setattr__(self, "betas", betas)
+        object.__setattr__(self, "alphas_cumprod", torch.cumprod(1.0 - betas, dim=0))
+
+
+    @property
+    def T(self) -> int:  # noqa: N802 - paper notation
+        return int(self.betas.numel())
+
+    def ou_time(self, k: torch.Tensor | int) -> torch.Tensor:
+        """OU time t = -1/2 log alpha_bar[k] of step index k."""
+        return -0.5 * torch.log(self.alphas_cumprod[torch.as_tensor(k, dtype=torch.long)])
+
+    def step_for_ou_time(self, t: float) -> int:
+        """The step index whose OU time is closest to ``t`` (t > 0)."""
+        if not t > 0:
+            raise ValueError(f"OU time must be positive, got {t}")
+        return int(torch.argmin(torch.abs(self.ou_time(torch.arange(self.T)) - t)))
+
+    def to_dict(self) -> dict:
+        return {"T": self.T, "betas": self.betas.tolist()}
+
+
+def linear(T: int = 1000, beta_start: float = 1e-4, beta_end: float = 2e-2) -> Schedule:  # noqa: N803
+    """The DDPM linear schedule: betas evenly spaced from ``beta_start`` to ``beta_end``."""
+    if int(T) != T or T < 2:
+        raise ValueError(f"T must be an integer >= 2, got {T}")
+    if not 0 < beta_start <= beta_end < 1:
+        raise ValueError(f"need 0 < beta_start <= beta_end < 1, got {beta_start}, {beta_end}")
+    return Schedule(torch.linspace(beta_start, beta_end, int(T), dtype=torch.float64))
+
+
+def alpha_bar_from_ou_time(t: float) -> float:
+    """alpha_bar = e^{-2t}."""
+    return math.exp(-2.0 * t)
+
+
+def ou_time_from_alpha_bar(alpha_bar: float) -> float:
+    """t = -1/2 log alpha_bar."""
+    if not 0 < alpha_bar <= 1:
+        raise ValueError(f"alpha_bar must lie in (0, 1], got {alpha_bar}")
+    return -0.5 * math.log(alpha_bar)
+
+
+def noise(x0: torch.Tensor, eps: torch.Tensor, alpha_bar: torch.Tensor) -> torch.Tensor:
+    """Forward process: sqrt(alpha_bar) x0 + sqrt(1 - alpha_bar) eps, alpha_bar broadcast per sample."""
+    ab = alpha_bar.to(x0.dtype).reshape(-1, *([1] * (x0.ndim - 1)))
+    return ab.sqrt() * x0 + (1.0 - ab).sqrt() * eps
