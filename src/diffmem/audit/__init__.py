@@ -1,0 +1,1 @@
+"""Guided-sampling audit (SCIENCE.md section 4)."""
