@@ -1,0 +1,137 @@
+"""Atomic, pickle-free file I/O shared by every stage.
+
+Every write goes to a temporary file in the destination folder and is moved into place with
+``os.replace`` (atomic on POSIX), so a killed process leaves either the old file or the new one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import numpy as np
+import torch
+
+__all__ = ["atomic_write_bytes", "write_json", "read_json", "append_jsonl", "read_jsonl", "save_tensors", "load_tensors", "save_npz", "jsonable"]
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def jsonable(obj: Any) -> Any:
+    """Convert tensors, numpy values, tuples and non-finite floats (-> None) to plain JSON types."""
+    if isinstance(obj, Mapping):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, torch.Tensor):
+        return jsonable(obj.detach().cpu().tolist())
+    if isinstance(obj, np.ndarray):
+        return jsonable(obj.tolist())
+    if isinstance(obj, (np.floating, float)):
+        v = float(obj)
+        return v if math.isfinite(v) else None
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (np.bool_,)):
+        return bool(obj)
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(jsonable(obj), indent=2) + "\n").encode())
+
+
+def read_json(path: str | Path) -> Any:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no such file: {path}")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON ({e}); delete it or restore it from a backup") from e
+
+
+def append_jsonl(path: str | Path, obj: Any) -> None:
+    """Append one JSON object as a line and fsync it (an interrupted write leaves at most a torn last line)."""
+    line = json.dumps(jsonable(obj)) + "\n"
+    with open(path, "a") as f:
+        f.write(line)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    """Read the complete lines of a JSONL file; a torn last line (from a killed writer) is dropped
+    and the file truncated to its complete lines so later appends stay valid."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    raw = path.read_bytes()
+    out, good = [], 0
+    for line in raw.splitlines(keepends=True):
+        try:
+            if not line.endswith(b"\n"):
+                raise ValueError("torn line")
+            out.append(json.loads(line))
+            good += len(line)
+        except ValueError:
+            break
+    if good != len(raw):
+        with open(path, "r+b") as f:
+            f.truncate(good)
+    return out
+
+
+def save_tensors(path: str | Path, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None) -> None:
+    """Atomic safetensors write (contiguous CPU copies)."""
+    from safetensors.torch import save
+
+    data = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    atomic_write_bytes(path, save(data, metadata=dict(metadata) if metadata else None))
+
+
+def load_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Load a safetensors file; a missing or corrupt file raises with a clear message."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no such checkpoint: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            return {k: f.get_tensor(k) for k in f.keys()}, meta
+    except Exception as e:  # safetensors raises SafetensorError / OSError on corrupt headers
+        raise ValueError(f"{path} is not a readable safetensors file ({e}); delete it to resume from an earlier one") from e
+
+
+def save_npz(path: str | Path, **arrays: Any) -> None:
+    """Atomic .npz write (numeric arrays only, readable with allow_pickle=False)."""
+    import io
+
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **{k: np.asarray(v.detach().cpu() if isinstance(v, torch.Tensor) else v) for k, v in arrays.items()})
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def iter_files(folder: str | Path, pattern: str) -> Iterator[Path]:
+    return iter(sorted(Path(folder).glob(pattern)))
