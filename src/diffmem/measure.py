@@ -1,0 +1,110 @@
+"""Evaluate every checkpoint of a run: samples, memorization fraction, quality, losses at fixed t.
+
+Appends one JSON object per checkpoint to ``metrics.jsonl`` (append-only; a re-run skips the steps
+already there, so an interrupted evaluation resumes) and keeps the samples of every checkpoint in
+``samples/step_XXXXXXX.npz`` (model space).
+
+The initial noise of sample i is drawn from its own seed (``seed * 1_000_003 + i``), so every
+checkpoint is sampled from the same x_T and results do not depend on the batch size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+
+from . import _io, sampling
+from .config import claim_folder
+from .data import Split
+from .metrics import loss_at_time, memorization_fraction
+from .training import TrainConfig, list_checkpoints, load_checkpoint, load_split
+
+__all__ = ["EvalConfig", "measure", "sample_checkpoint"]
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    samples: int = 500
+    sampling_steps: int = 50
+    sampler: str = "ddim"
+    k: float = 1 / 3
+    n_boot: int = 1000
+    loss_t: float = 0.01
+    loss_draws: int = 5
+    features: str = "auto"  # Fréchet feature space: "auto", "digits", "pixels" or a TorchScript path
+    batch: int = 1000
+    seed: int = 0
+
+    def validate(self) -> None:
+        if self.sampler not in ("ddim", "ddpm"):
+            raise ValueError(f"sampler must be 'ddim' or 'ddpm', got {self.sampler!r}")
+        if self.samples < 2:
+            raise ValueError(f"samples must be >= 2, got {self.samples}")
+        if not 0 < self.k < 1:
+            raise ValueError(f"k must lie in (0, 1), got {self.k}")
+
+
+def sample_checkpoint(model: torch.nn.Module, cfg: TrainConfig, ev: EvalConfig, shape) -> torch.Tensor:
+    sched = cfg.schedule()
+    seeds = [ev.seed * 1_000_003 + i for i in range(ev.samples)]
+    out = []
+    with torch.no_grad():
+        for i in range(0, ev.samples, ev.batch):
+            x_T = sampling.randn_per_sample(seeds[i : i + ev.batch], shape)  # noqa: N806
+            if ev.sampler == "ddim":
+                out.append(sampling.ddim(model, x_T, sched, ev.sampling_steps))
+            else:
+                g = torch.Generator().manual_seed(ev.seed + i)
+                out.append(sampling.ddpm(model, x_T, sched, ev.sampling_steps, generator=g))
+    return torch.cat(out)
+
+
+def measure(
+    cfg: TrainConfig,
+    ev: EvalConfig,
+    run_dir: str | Path,
+    *,
+    progress: Optional[Callable[[int, int], None]] = None,
+    split: Optional[Split] = None,
+) -> list[dict]:
+    """Evaluate the checkpoints of ``run_dir`` not yet in ``metrics.jsonl``; returns all records."""
+    from .metrics.frechet import feature_space, frechet
+
+    cfg = cfg.resolved()
+    ev.validate()
+    run_dir = Path(run_dir)
+    ckpts = list_checkpoints(run_dir)
+    if not ckpts:
+        raise FileNotFoundError(f"{run_dir} has no checkpoints/step_*.safetensors; run `diffmem train` first")
+    claim_folder(run_dir, ev, name="eval_config.json")
+    sp = split if split is not None else load_split(cfg)
+    space = feature_space(ev.features, sp.shape)
+    metrics_path = run_dir / "metrics.jsonl"
+    done = {r["step"] for r in _io.read_jsonl(metrics_path)}
+    real = sp.to_pixels(sp.test).clamp(0, 1)
+    sched = cfg.schedule()
+    todo = [(s, p) for s, p in ckpts if s not in done]
+    for j, (step, path) in enumerate(todo):
+        model = load_checkpoint(path, cfg, sp.shape)
+        x = sample_checkpoint(model, cfg, ev, sp.shape)
+        mem = memorization_fraction(x, sp.train, ev.k, n_boot=ev.n_boot, seed=ev.seed)
+        quality = frechet(sp.to_pixels(x).clamp(0, 1), real, space)
+        rec = {
+            "step": step,
+            "f_mem": mem.value,
+            "f_mem_ci": list(mem.ci),
+            "quality": quality,
+            "quality_metric": f"frechet[{space.name}]",
+            "loss_train": loss_at_time(model, sp.train, sched, ev.loss_t, ev.loss_draws, seed=ev.seed),
+            "loss_test": loss_at_time(model, sp.test, sched, ev.loss_t, ev.loss_draws, seed=ev.seed),
+            "median_ratio": float(np.median(mem.ratios)),
+        }
+        _io.save_npz(run_dir / "samples" / f"step_{step:07d}.npz", samples=x.numpy(), nearest=mem.nearest, ratios=mem.ratios)
+        _io.append_jsonl(metrics_path, rec)
+        if progress is not None:
+            progress(j + 1, len(todo))
+    return sorted(_io.read_jsonl(metrics_path), key=lambda r: r["step"])

@@ -1,0 +1,117 @@
+"""Run many (train + measure) jobs: local processes by default, one single-threaded process each.
+
+Small models train faster single-threaded (SCIENCE.md section 6), so ``workers`` processes with
+``threads`` torch threads each beat one process using every core. Progress of every job is sent
+back through a queue and shown as one tqdm bar per job.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import queue as queue_mod
+import traceback
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from .measure import EvalConfig, measure
+from .training import TrainConfig, train
+
+__all__ = ["Job", "run_job", "run_jobs", "default_workers"]
+
+
+@dataclass(frozen=True)
+class Job:
+    name: str
+    train: TrainConfig
+    eval: EvalConfig
+    run_dir: str
+
+
+def default_workers(jobs: int) -> int:
+    return max(1, min(jobs, os.cpu_count() or 1))
+
+
+def run_job(job: Job, threads: int = 1, q=None) -> dict:
+    """Train then evaluate one job (resuming whatever it already did); returns the metric records."""
+    import torch
+
+    torch.set_num_threads(threads)
+
+    def report(stage: str):
+        return (lambda i, total: q.put((job.name, stage, i, total))) if q is not None else None
+
+    train(job.train, job.run_dir, progress=report("train"))
+    records = measure(job.train, job.eval, job.run_dir, progress=report("measure"))
+    return {"name": job.name, "records": records}
+
+
+def _worker(job: Job, threads: int, q) -> dict:
+    try:
+        return run_job(job, threads, q)
+    except Exception as e:  # keep the message readable across the process boundary
+        raise RuntimeError(f"job {job.name} ({job.run_dir}) failed: {type(e).__name__}: {e}\n{traceback.format_exc()}") from None
+
+
+def run_jobs(jobs: list[Job], workers: Optional[int] = None, threads: int = 1, show_progress: bool = True) -> dict[str, dict]:
+    """Run ``jobs`` on ``workers`` processes (0 or 1 = in this process); results keyed by job name.
+
+    A failed job does not stop the others; its error is raised after all finished, and its run
+    folder keeps what it wrote (rerunning resumes it).
+    """
+    from tqdm.auto import tqdm
+
+    workers = default_workers(len(jobs)) if workers is None else int(workers)
+    bars = {j.name: tqdm(total=j.train.steps, desc=f"{j.name} train", position=i, leave=True, disable=not show_progress, dynamic_ncols=True) for i, j in enumerate(jobs)}
+
+    def update(msg) -> None:
+        name, stage, i, total = msg
+        bar = bars[name]
+        if stage == "measure" and bar.desc != f"{name} measure":
+            bar.reset(total=total)
+            bar.set_description(f"{name} measure")
+        bar.n = i
+        bar.refresh()
+
+    results, errors = {}, []
+    if workers <= 1:
+        class _Direct:
+            def put(self, msg):
+                update(msg)
+
+        for j in jobs:
+            try:
+                results[j.name] = run_job(j, threads, _Direct())
+            except Exception as e:
+                errors.append(f"job {j.name} ({j.run_dir}) failed: {type(e).__name__}: {e}")
+    else:
+        ctx = mp.get_context("spawn")
+        with ctx.Manager() as manager:
+            q = manager.Queue()
+            with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+                futures = {pool.submit(_worker, j, threads, q): j for j in jobs}
+                pending = set(futures)
+                while pending:
+                    done, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
+                    while True:
+                        try:
+                            update(q.get_nowait())
+                        except queue_mod.Empty:
+                            break
+                    for f in done:
+                        try:
+                            res = f.result()
+                            results[res["name"]] = res
+                        except Exception as e:
+                            errors.append(str(e))
+    for b in bars.values():
+        b.close()
+    if errors:
+        raise RuntimeError("some runs failed (their folders keep their progress; rerun to resume):\n" + "\n".join(errors))
+    return results
+
+
+def run_dir_for(out: str | Path, name: str) -> str:
+    return str(Path(out) / "runs" / name)

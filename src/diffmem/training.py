@@ -1,0 +1,207 @@
+"""Training loop: eps-prediction loss, the paper's optimizers, log-spaced checkpoints, exact resume.
+
+Run folder (DESIGN.md): ``config.json``; ``checkpoints/step_XXXXXXX.safetensors`` (model weights on a
+log-spaced grid of steps); ``state.safetensors`` (model + optimizer + RNG state of the latest step
+saved, for resuming); ``train_log.jsonl`` (training loss every ``log_every`` steps).
+
+All randomness of the loop (batches, diffusion steps, noise) comes from one ``torch.Generator``
+whose state is saved with the optimizer, together with torch's global RNG (dropout), so a run that
+is killed (even with ``kill -9``) resumes from ``state.safetensors`` and continues exactly as if it
+had never stopped.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+from torch import nn
+
+from . import _io, data, models
+from .config import claim_folder, to_dict
+from .schedule import Schedule, linear, noise
+
+__all__ = ["TrainConfig", "checkpoint_steps", "load_split", "build_model", "train", "load_checkpoint", "list_checkpoints"]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training run. ``None`` fields are resolved by :meth:`resolved` and saved resolved."""
+
+    data: str = "digits"  # "digits", a .npz file or an image folder
+    data_key: Optional[str] = None
+    image_size: int = 32  # for image folders (resize + centre crop)
+    n: int = 64
+    subset_index: int = 0
+    n_test: Optional[int] = None
+    scale: Optional[float] = None  # model space = scale * (pixels - mean); 2.0 for digits, 1.0 otherwise
+    split_seed: int = 0
+    model: str = "mlp"
+    width: int = 256
+    optimizer: str = "adam"  # "adam" or "sgd" (the paper's: lr 0.01, momentum 0.95)
+    lr: Optional[float] = None  # 1e-3 for adam, 0.01 for sgd
+    momentum: float = 0.95
+    batch_size: Optional[int] = None  # min(n, 128)
+    steps: int = 10_000
+    checkpoints: int = 24  # log-spaced checkpoint count
+    first_checkpoint: int = 100
+    resume_every: int = 1000
+    log_every: int = 100
+    T: int = 1000  # noqa: N815
+    beta_start: float = 1e-4
+    beta_end: float = 2e-2
+    seed: int = 0
+
+    def resolved(self) -> "TrainConfig":
+        scale = self.scale if self.scale is not None else (2.0 if self.data == "digits" else 1.0)
+        lr = self.lr if self.lr is not None else {"adam": 1e-3, "sgd": 0.01}.get(self.optimizer, 0.0)
+        batch = self.batch_size if self.batch_size is not None else min(self.n, 128)
+        cfg = TrainConfig(**{**self.__dict__, "scale": scale, "lr": lr, "batch_size": batch})
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        if self.optimizer not in ("adam", "sgd"):
+            raise ValueError(f"optimizer must be 'adam' or 'sgd', got {self.optimizer!r}")
+        if self.model not in models.MODELS:
+            raise ValueError(f"model must be one of {models.MODELS}, got {self.model!r}")
+        for name in ("n", "steps", "width", "checkpoints", "first_checkpoint", "resume_every", "log_every"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
+        if self.batch_size is not None and not 1 <= self.batch_size <= self.n:
+            raise ValueError(f"batch_size must be in [1, n={self.n}], got {self.batch_size}")
+        if self.lr is not None and not self.lr > 0:
+            raise ValueError(f"lr must be positive, got {self.lr}")
+
+    def schedule(self) -> Schedule:
+        return linear(self.T, self.beta_start, self.beta_end)
+
+
+def checkpoint_steps(steps: int, count: int, first: int = 100) -> list[int]:
+    """About ``count`` distinct integer steps log-spaced from ``first`` to ``steps`` (always included)."""
+    first = max(1, min(first, steps))
+    if count <= 1 or first == steps:
+        return [steps]
+    grid = torch.logspace(math.log10(first), math.log10(steps), count, dtype=torch.float64).round().long()
+    return sorted(set(grid.tolist()) | {steps})
+
+
+def load_split(cfg: TrainConfig) -> data.Split:
+    images = data.load(cfg.data, key=cfg.data_key, size=cfg.image_size)
+    return data.split(images, cfg.n, subset_index=cfg.subset_index, n_test=cfg.n_test, scale=cfg.scale or 1.0, split_seed=cfg.split_seed)
+
+
+def build_model(cfg: TrainConfig, shape) -> nn.Module:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        return models.build(cfg.model, shape, cfg.width)
+
+
+def _optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum)
+    return torch.optim.Adam(params, lr=cfg.lr)
+
+
+def _state_tensors(step: int, model: nn.Module, opt: torch.optim.Optimizer, gen: torch.Generator) -> dict[str, torch.Tensor]:
+    out = {f"model.{k}": v for k, v in model.state_dict().items()}
+    for i, st in opt.state_dict()["state"].items():
+        for key, val in st.items():
+            out[f"optim.{i}.{key}"] = val if isinstance(val, torch.Tensor) else torch.tensor(val)
+    out["rng.loop"] = gen.get_state()
+    out["rng.torch"] = torch.get_rng_state()
+    out["step"] = torch.tensor(step, dtype=torch.int64)
+    return out
+
+
+def _restore(tensors: dict[str, torch.Tensor], model: nn.Module, opt: torch.optim.Optimizer, gen: torch.Generator) -> int:
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    sd = opt.state_dict()
+    state: dict[int, dict] = {}
+    for k, v in tensors.items():
+        if k.startswith("optim."):
+            _, i, key = k.split(".", 2)
+            state.setdefault(int(i), {})[key] = v
+    opt.load_state_dict({"state": state, "param_groups": sd["param_groups"]})
+    gen.set_state(tensors["rng.loop"])
+    torch.set_rng_state(tensors["rng.torch"])
+    return int(tensors["step"])
+
+
+def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
+    out = []
+    for p in sorted((Path(run_dir) / "checkpoints").glob("step_*.safetensors")):
+        try:
+            out.append((int(p.stem.split("_")[1]), p))
+        except ValueError:
+            continue
+    return out
+
+
+def load_checkpoint(path: Path, cfg: TrainConfig, shape) -> nn.Module:
+    tensors, _ = _io.load_tensors(path)
+    model = models.build(cfg.model, shape, cfg.width)
+    try:
+        model.load_state_dict(tensors)
+    except RuntimeError as e:
+        raise ValueError(f"{path} does not match the configured model ({cfg.model}, width {cfg.width}): {e}") from e
+    return model.eval()
+
+
+def train(
+    cfg: TrainConfig,
+    run_dir: str | Path,
+    *,
+    progress: Optional[Callable[[int, int], None]] = None,
+    split: Optional[data.Split] = None,
+) -> Path:
+    """Train (or resume) the run in ``run_dir``; returns the folder. ``progress(step, total)`` is called
+    every ``log_every`` steps."""
+    cfg = cfg.resolved()
+    run_dir = Path(run_dir)
+    sp = split if split is not None else load_split(cfg)
+    claim_folder(run_dir, cfg)
+    (run_dir / "checkpoints").mkdir(exist_ok=True)
+    sched = cfg.schedule()
+    ab = sched.alphas_cumprod.to(torch.float32)
+    model = build_model(cfg, sp.shape).train()
+    opt = _optimizer(cfg, model)
+    gen = torch.Generator().manual_seed(cfg.seed + 1)
+    state_path = run_dir / "state.safetensors"
+    start = 0
+    if state_path.exists():
+        tensors, _ = _io.load_tensors(state_path)
+        start = _restore(tensors, model, opt, gen)
+    grid = set(checkpoint_steps(cfg.steps, cfg.checkpoints, cfg.first_checkpoint))
+    x_train, n, b = sp.train, sp.train.shape[0], int(cfg.batch_size)  # type: ignore[arg-type]
+    log_path = run_dir / "train_log.jsonl"
+    running, t0 = 0.0, time.time()
+    for step in range(start + 1, cfg.steps + 1):
+        x0 = x_train if b == n else x_train[torch.randperm(n, generator=gen)[:b]]
+        k = torch.randint(1, cfg.T, (b,), generator=gen)
+        eps = torch.randn(x0.shape, generator=gen)
+        loss = ((model(noise(x0, eps, ab[k]), k.float()) - eps) ** 2).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        running += loss.item()
+        if not math.isfinite(running):
+            raise FloatingPointError(f"training diverged at step {step} (loss is not finite); lower --lr")
+        if step in grid:
+            _io.save_tensors(run_dir / "checkpoints" / f"step_{step:07d}.safetensors", model.state_dict(), {"step": str(step)})
+        if step in grid or step % cfg.resume_every == 0 or step == cfg.steps:
+            _io.save_tensors(state_path, _state_tensors(step, model, opt, gen))
+        if step % cfg.log_every == 0:
+            _io.append_jsonl(log_path, {"step": step, "loss": running / cfg.log_every, "time": time.time() - t0})
+            running = 0.0
+            if progress is not None:
+                progress(step, cfg.steps)
+    return run_dir
+
+
+__all__ += ["to_dict"]
