@@ -12,6 +12,7 @@ had never stopped.
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ import torch
 from torch import nn
 
 from . import _io, data, models
-from .config import claim_folder, to_dict
+from .config import claim_folder
 from .schedule import Schedule, linear, noise
 
 __all__ = ["TrainConfig", "checkpoint_steps", "load_split", "build_model", "train", "load_checkpoint", "list_checkpoints"]
@@ -167,16 +168,25 @@ def train(
     sp = split if split is not None else load_split(cfg)
     claim_folder(run_dir, cfg)
     (run_dir / "checkpoints").mkdir(exist_ok=True)
-    sched = cfg.schedule()
-    ab = sched.alphas_cumprod.to(torch.float32)
     model = build_model(cfg, sp.shape).train()
     opt = _optimizer(cfg, model)
     gen = torch.Generator().manual_seed(cfg.seed + 1)
     state_path = run_dir / "state.safetensors"
-    start = 0
-    if state_path.exists():
-        tensors, _ = _io.load_tensors(state_path)
-        start = _restore(tensors, model, opt, gen)
+    # torch's global RNG (dropout) is seeded here and saved/restored with the state, inside fork_rng
+    # so that the caller's global RNG is left as it was.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed + 2)
+        start = _restore(_io.load_tensors(state_path)[0], model, opt, gen) if state_path.exists() else 0
+        log = run_dir / "train_log.jsonl"
+        if start and log.exists():  # drop what was logged after the state we resume from
+            _io.atomic_write_bytes(log, "".join(json.dumps(r) + "\n" for r in _io.read_jsonl(log) if r["step"] <= start).encode())
+        _loop(cfg, run_dir, model, opt, gen, sp, start, progress)
+    return run_dir
+
+
+def _loop(cfg, run_dir, model, opt, gen, sp, start, progress) -> None:
+    ab = cfg.schedule().alphas_cumprod.to(torch.float32)
+    state_path = run_dir / "state.safetensors"
     grid = set(checkpoint_steps(cfg.steps, cfg.checkpoints, cfg.first_checkpoint))
     x_train, n, b = sp.train, sp.train.shape[0], int(cfg.batch_size)  # type: ignore[arg-type]
     log_path = run_dir / "train_log.jsonl"
@@ -201,7 +211,4 @@ def train(
             running = 0.0
             if progress is not None:
                 progress(step, cfg.steps)
-    return run_dir
 
-
-__all__ += ["to_dict"]
