@@ -8,9 +8,8 @@ The paper reads both times off its curves and gives no numeric rule. Ours (docs/
   the lower bound means a handful of lucky near-copies among the samples cannot trigger it.
 * **tau_gen** — the first training time at which the quality (a Fréchet distance: lower is better)
   comes within ``gen_fraction`` (default 10%) of its total improvement of its best value,
-  ``q <= q_best + gen_fraction * (q_first - q_best)``, again interpolated in log time. ``q_best`` is
-  the best value reached before tau_mem (the generalizing regime), or over the whole run if
-  memorization never starts.
+  ``q <= q_best + gen_fraction * (q_first - q_best)``, again interpolated in log time, where
+  ``q_best`` is the best value over the whole run (so tau_gen does not depend on tau_mem).
 * **scaling** — least squares of ``log tau_mem`` against ``log n``: exponent, its 95% confidence
   interval (Student t), R²; and ``tau_mem / n`` per run with its geometric mean.
 * **collapse** — ``f_mem(tau) / f_mem(tau_max)`` interpolated on a common log grid: the mean spread
@@ -152,7 +151,7 @@ def analyze_run(n: int, curve: list[dict], rules: TimeRules = TimeRules()) -> di
     curve = sorted(curve, key=lambda c: c["step"])
     steps = [c["step"] for c in curve]
     t_mem = tau_mem(steps, [c["f_mem_ci"][0] for c in curve], rules)
-    t_gen = tau_gen(steps, [c["quality"] for c in curve], rules, until=t_mem)
+    t_gen = tau_gen(steps, [c["quality"] for c in curve], rules)
     return {
         "n": int(n),
         "tau_gen": t_gen,
