@@ -46,7 +46,7 @@ class TrainConfig:
     optimizer: str = "adam"  # "adam" or "sgd" (the paper's: lr 0.01, momentum 0.95)
     lr: Optional[float] = None  # 1e-3 for adam, 0.01 for sgd
     momentum: float = 0.95
-    batch_size: Optional[int] = None  # min(n, 128)
+    batch_size: Optional[int] = None  # min(n, 512), the paper's recipe (full batch for n <= 512)
     steps: int = 10_000
     checkpoints: int = 24  # log-spaced checkpoint count
     first_checkpoint: int = 100
@@ -60,7 +60,7 @@ class TrainConfig:
     def resolved(self) -> "TrainConfig":
         scale = self.scale if self.scale is not None else (2.0 if self.data == "digits" else 1.0)
         lr = self.lr if self.lr is not None else {"adam": 1e-3, "sgd": 0.01}.get(self.optimizer, 0.0)
-        batch = self.batch_size if self.batch_size is not None else min(self.n, 128)
+        batch = self.batch_size if self.batch_size is not None else min(self.n, 512)
         cfg = TrainConfig(**{**self.__dict__, "scale": scale, "lr": lr, "batch_size": batch})
         cfg.validate()
         return cfg
