@@ -1,0 +1,367 @@
+"""Spectrum of the feature correlation matrix U in the high-dimensional limit.
+
+Theorem 3.1 of the paper characterises the Stieltjes transform q(z) = (1/p) Tr (U - z)^{-1} through two
+auxiliary traces r and s. Eliminating s (it is an explicit function of q and r) leaves two complex
+equations in (q, r):
+
+    D      = 1 + (alpha psi_p / psi_n) r + (psi_p v^2 / psi_n) q,      alpha = a_t^2 e^{-2t}
+    r_hat  = psi_p alpha / D,        s_hat = b_t^2 psi_p + 1/q
+    s      = sum_k w_k / (s_hat + lam_k r_hat),   R = sum_k w_k lam_k / (s_hat + lam_k r_hat)
+    F1     = r - R = 0
+    F2     = psi_p (s_t^2 - z) + psi_p v^2 / D + (1 - psi_p)/q - s/q^2 = 0
+
+where (lam_k, w_k) is the spectrum of the data covariance Sigma as a discrete mixture. We solve them by
+complex Newton steps, vectorised over the lambda grid, following each point down from z = lambda + i Y
+(Y large, where q ~ -1/(z - mean)) to z = lambda + i eps in small geometric steps, so every point stays
+on the physical branch Im q > 0. The density is Im q / pi at the final eps.
+
+Theorem 3.2 (psi_p > psi_n >> 1) is in :func:`asymptotic_spectrum`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Optional, Sequence
+
+import numpy as np
+
+from .constants import RFConstants, rf_constants
+
+__all__ = ["SpectrumResult", "spectral_density", "solve_stieltjes", "asymptotic_spectrum", "marchenko_pastur_density", "default_grid", "check_ratios"]
+
+
+def check_ratios(psi_p: float, psi_n: float) -> None:
+    for name, v in (("psi_p", psi_p), ("psi_n", psi_n)):
+        if not (isinstance(v, (int, float, np.integer, np.floating)) and math.isfinite(v) and v > 0):
+            raise ValueError(f"{name} must be a finite number > 0 (got {v!r}); psi_p = p/d (features per dimension), psi_n = n/d (samples per dimension)")
+
+
+def _mixture(sigma_eigs, sigma_weights, sigma_x: Optional[float]) -> tuple[np.ndarray, np.ndarray, float]:
+    if sigma_eigs is None:
+        if sigma_weights is not None:
+            raise ValueError("sigma_weights given without sigma_eigs; pass both (or neither for Sigma = sigma_x^2 I)")
+        sx = 1.0 if sigma_x is None else float(sigma_x)
+        return np.array([sx**2]), np.array([1.0]), sx
+    lam = np.atleast_1d(np.asarray(sigma_eigs, dtype=np.float64))
+    w = np.full(lam.shape, 1.0 / lam.size) if sigma_weights is None else np.atleast_1d(np.asarray(sigma_weights, dtype=np.float64))
+    if lam.ndim != 1 or w.shape != lam.shape:
+        raise ValueError(f"sigma_eigs and sigma_weights must be 1-d arrays of the same length (got {lam.shape} and {w.shape})")
+    if not (np.all(np.isfinite(lam)) and np.all(lam >= 0) and lam.max() > 0):
+        raise ValueError("sigma_eigs must be finite, >= 0 and not all 0 (they are the eigenvalues of the data covariance)")
+    if not (np.all(np.isfinite(w)) and np.all(w >= 0) and w.sum() > 0):
+        raise ValueError("sigma_weights must be finite, >= 0 and sum to > 0 (they are normalised to 1)")
+    w = w / w.sum()
+    sx = math.sqrt(float(np.sum(w * lam)))
+    if sigma_x is not None and abs(sx - float(sigma_x)) > 1e-9 * max(1.0, sx):
+        raise ValueError(f"sigma_x={sigma_x} disagrees with sqrt(mean of sigma_eigs)={sx:.6g}; give only one of them")
+    return lam, w, sx
+
+
+def _system(q, r, z, c: RFConstants, psi_p: float, psi_n: float, lam: np.ndarray, w: np.ndarray):
+    """F1, F2 and their complex Jacobian (see the module docstring)."""
+    al, b2, v2, s2 = c.alpha, c.b**2, c.v2, c.s2
+    dD_dq = psi_p * v2 / psi_n
+    dD_dr = al * psi_p / psi_n
+    D = 1.0 + dD_dr * r + dD_dq * q
+    rh = psi_p * al / D
+    sh = b2 * psi_p + 1.0 / q
+    den = sh[:, None] + lam[None, :] * rh[:, None]
+    inv = w[None, :] / den
+    inv2 = inv / den
+    S = inv.sum(1)
+    R = (inv * lam).sum(1)
+    S_sh = -inv2.sum(1)
+    S_rh = R_sh = -(inv2 * lam).sum(1)
+    R_rh = -(inv2 * lam**2).sum(1)
+    sh_q = -1.0 / q**2
+    rh_D = -psi_p * al / D**2
+    S_q = S_sh * sh_q + S_rh * rh_D * dD_dq
+    S_r = S_rh * rh_D * dD_dr
+    R_q = R_sh * sh_q + R_rh * rh_D * dD_dq
+    R_r = R_rh * rh_D * dD_dr
+    F1 = r - R
+    t2 = psi_p * v2 / D
+    t3 = (1.0 - psi_p) / q
+    t4 = S / q**2
+    F2 = psi_p * (s2 - z) + t2 + t3 - t4
+    J11 = -R_q
+    J12 = 1.0 - R_r
+    J21 = -t2 / D * dD_dq - t3 / q - S_q / q**2 + 2.0 * t4 / q
+    J22 = -t2 / D * dD_dr - S_r / q**2
+    scale1 = np.abs(r) + np.abs(R) + 1e-300
+    scale2 = psi_p * (np.abs(z) + abs(s2)) + np.abs(t2) + np.abs(t3) + np.abs(t4) + 1e-300
+    return F1, F2, J11, J12, J21, J22, scale1, scale2
+
+
+def _newton(q, r, z, c, psi_p, psi_n, lam, w, tol=1e-12, max_iter=60):
+    """Damped complex Newton on all points at once; keeps Im q >= 0. Returns q, r, residual, ok."""
+    q = q.copy()
+    r = r.copy()
+    F1, F2, J11, J12, J21, J22, s1, s2 = _system(q, r, z, c, psi_p, psi_n, lam, w)
+    res = np.maximum(np.abs(F1) / s1, np.abs(F2) / s2)
+    active = res > tol
+    for _ in range(max_iter):
+        if not active.any():
+            break
+        idx = np.nonzero(active)[0]
+        det = J11[idx] * J22[idx] - J12[idx] * J21[idx]
+        det = np.where(det == 0, 1e-300, det)
+        dq = (J22[idx] * F1[idx] - J12[idx] * F2[idx]) / det
+        dr = (J11[idx] * F2[idx] - J21[idx] * F1[idx]) / det
+        step = np.ones(idx.size)
+        best = res[idx].copy()
+        newq, newr = q[idx].copy(), r[idx].copy()
+        pending = np.ones(idx.size, bool)
+        for _half in range(12):
+            if not pending.any():
+                break
+            j = np.nonzero(pending)[0]
+            qt = q[idx[j]] - step[j] * dq[j]
+            rt = r[idx[j]] - step[j] * dr[j]
+            g = _system(qt, rt, z[idx[j]], c, psi_p, psi_n, lam, w)
+            rt_res = np.maximum(np.abs(g[0]) / g[6], np.abs(g[1]) / g[7])
+            good = np.isfinite(rt_res) & (rt_res < best[j]) & (qt.imag >= -1e-14 * np.abs(qt))
+            newq[j[good]] = qt[good]
+            newr[j[good]] = rt[good]
+            best[j[good]] = rt_res[good]
+            pending[j[good]] = False
+            step[j[~good]] *= 0.5
+        moved = ~pending
+        q[idx[moved]] = newq[moved]
+        r[idx[moved]] = newr[moved]
+        F1, F2, J11, J12, J21, J22, s1, s2 = _system(q, r, z, c, psi_p, psi_n, lam, w)
+        res = np.maximum(np.abs(F1) / s1, np.abs(F2) / s2)
+        stuck = np.zeros_like(active)
+        stuck[idx[pending]] = True  # no step size reduced the residual: at the floor (or lost)
+        active = (res > tol) & ~stuck
+    return q, r, res
+
+
+def solve_stieltjes(z: np.ndarray, constants: RFConstants, psi_p: float, psi_n: float, sigma_eigs=None, sigma_weights=None,
+                    y_start: Optional[float] = None, shrink: float = 0.75, tol: float = 1e-10, return_path: bool = False):
+    """q(z), r(z) for complex ``z`` with Im z > 0, continued down from z.real + i*y_start.
+
+    Returns ``(q, r, residual)`` (and the list of intermediate (eps, q) when ``return_path``).
+    """
+    check_ratios(psi_p, psi_n)
+    lam, w, _ = _mixture(sigma_eigs, sigma_weights, constants.sigma_x if sigma_eigs is None else None)
+    z = np.atleast_1d(np.asarray(z, dtype=np.complex128))
+    if np.any(z.imag <= 0):
+        raise ValueError("solve_stieltjes needs Im z > 0 (the density is the limit Im z -> 0+ of Im q / pi)")
+    c = constants
+    m1 = c.alpha * float(np.sum(w * lam)) + c.b**2 + c.v2 + c.s2  # (1/p) Tr U
+    top = psi_p * (c.b**2 + c.alpha * float(lam.max())) * (1 + 1 / math.sqrt(psi_n)) ** 2 + m1
+    y0 = y_start if y_start is not None else 20.0 * max(top, float(np.abs(z.real).max()), 1.0)
+    eps_final = z.imag.copy()
+    levels = [y0]
+    while levels[-1] * shrink > eps_final.min():
+        levels.append(levels[-1] * shrink)
+    zz = z.real + 1j * np.maximum(eps_final, y0)
+    q = -1.0 / (zz - m1)
+    r = float(np.sum(w * lam)) * q
+    path = []
+    res = np.zeros(z.size)
+    for y in levels + [0.0]:
+        zz = z.real + 1j * np.maximum(eps_final, y)
+        q, r, res = _newton(q, r, zz, c, psi_p, psi_n, lam, w, tol=tol)
+        if return_path:
+            path.append((y, q.copy()))
+    return (q, r, res, path) if return_path else (q, r, res)
+
+
+def marchenko_pastur_density(x: np.ndarray, ratio: float, scale: float = 1.0) -> np.ndarray:
+    """Density of the non-zero eigenvalues of scale * Y^T Y / m, Y (k x m) Gaussian, ratio = k/m: the law
+    with edges scale*(1 -+ sqrt(ratio))^2 and mean scale*ratio... normalised to 1 over its support.
+
+    Concretely: eigenvalues mu of (1/m) Y Y^T (k x k) with ratio = k/m <= 1 have density
+    sqrt((mu+ - mu)(mu - mu-)) / (2 pi ratio mu), mu-+ = (1 -+ sqrt(ratio))^2; here mu is multiplied by ``scale``.
+    """
+    x = np.asarray(x, dtype=np.float64) / scale
+    lo, hi = (1 - math.sqrt(ratio)) ** 2, (1 + math.sqrt(ratio)) ** 2
+    out = np.zeros_like(x)
+    m = (x > lo) & (x < hi)
+    out[m] = np.sqrt((hi - x[m]) * (x[m] - lo)) / (2 * math.pi * ratio * x[m])
+    return out / scale
+
+
+def asymptotic_spectrum(constants: RFConstants, psi_p: float, psi_n: float, lambdas: Optional[np.ndarray] = None) -> dict:
+    """The law of Theorem 3.2 (psi_p > psi_n >> 1, Sigma = sigma_x^2 I).
+
+    * a delta peak at s_t^2 of weight 1 - (1 + psi_n)/psi_p;
+    * a first bulk of weight psi_n/psi_p: s_t^2 + v_t^2 mu, mu Marchenko-Pastur with edges (1 -+ sqrt(psi_p/psi_n))^2;
+    * a second bulk of weight 1/psi_p on the scale psi_p. Its shape is not part of the theorem; we give the
+      leading-order law psi_p (b_t^2 + alpha sigma_x^2 mu'), mu' Marchenko-Pastur with ratio 1/psi_n (the
+      sample covariance of the data), which is exact as psi_p -> infinity and off by O(1/sqrt(psi_p)) otherwise.
+
+    With ``lambdas``, also the continuous part of that density on the grid (key "density").
+    """
+    check_ratios(psi_p, psi_n)
+    c = constants
+    g = psi_p / psi_n
+    lo1 = c.s2 + c.v2 * (1 - math.sqrt(g)) ** 2
+    hi1 = c.s2 + c.v2 * (1 + math.sqrt(g)) ** 2
+    sc2 = psi_p * c.alpha * c.sigma_x**2
+    lo2 = psi_p * c.b**2 + sc2 * (1 - 1 / math.sqrt(psi_n)) ** 2
+    hi2 = psi_p * c.b**2 + sc2 * (1 + 1 / math.sqrt(psi_n)) ** 2
+    out = {
+        "valid": bool(psi_p > psi_n),
+        "delta": {"location": c.s2, "weight": max(0.0, 1.0 - (1.0 + psi_n) / psi_p)},
+        "first_bulk": {"weight": min(psi_n, psi_p) / psi_p, "edges": [lo1, hi1], "mean": c.s2 + c.v2 * g},
+        "second_bulk": {"weight": 1.0 / psi_p, "edges": [lo2, hi2], "scale": psi_p * (c.b**2 + c.alpha * c.sigma_x**2)},
+        "lambda_min": lo1,
+    }
+    if lambdas is not None:
+        lamb = np.asarray(lambdas, dtype=np.float64)
+        rho1 = np.zeros_like(lamb)
+        if c.v2 > 0:
+            # first-bulk eigenvalues s^2 + v^2 mu, mu = (p/n) x with x ~ MP(ratio n/p) (n < p)
+            ratio = min(psi_n / psi_p, 1.0)
+            x = (lamb - c.s2) / c.v2 * ratio
+            rho1 = (min(psi_n, psi_p) / psi_p) * marchenko_pastur_density(x, ratio) * ratio / c.v2
+        rho2 = (1.0 / psi_p) * marchenko_pastur_density(lamb - psi_p * c.b**2, 1.0 / psi_n, scale=sc2) if sc2 > 0 else np.zeros_like(lamb)
+        out["density"] = rho1 + rho2
+    return out
+
+
+def default_grid(constants: RFConstants, psi_p: float, psi_n: float, n_points: int = 400, sigma_max: float = 1.0) -> np.ndarray:
+    """A grid in lambda - s_t^2, geometric from 1e-4 of the first-bulk scale up past the second bulk.
+
+    Log spacing resolves both bulks (they sit orders of magnitude apart) with the same relative resolution.
+    """
+    c = constants
+    small = max(c.v2 * min(1.0, psi_p / psi_n), c.b**2, 1e-6 * (c.alpha * sigma_max + c.b**2))
+    top = psi_p * (c.b**2 + c.alpha * sigma_max) * (1 + 1 / math.sqrt(psi_n)) ** 2 * (1 + 1 / math.sqrt(psi_p)) ** 2 * 1.5 + c.v2 * (1 + math.sqrt(psi_p / psi_n)) ** 2
+    return c.s2 + np.geomspace(1e-4 * small, top, n_points)
+
+
+@dataclass
+class SpectrumResult:
+    """Density of U's eigenvalues on a grid (see :func:`spectral_density`)."""
+
+    constants: RFConstants
+    psi_p: float
+    psi_n: float
+    lambdas: np.ndarray
+    density: np.ndarray
+    q: np.ndarray
+    converged: np.ndarray
+    residual: np.ndarray
+    delta_peak_weight: float  # exact: 1 - (1 + psi_n)/psi_p when positive (rank of U - s_t^2 I)
+    delta_peak_weight_solver: float  # eps * Im q(s_t^2 + i eps) from the equations
+    edges: list  # [[lo, hi], ...] of the bulks, from where the density is > 0
+    mass: float  # integral of the density over the grid
+    eps: float
+    sigma_eigs: np.ndarray = field(default_factory=lambda: np.array([1.0]))
+    sigma_weights: np.ndarray = field(default_factory=lambda: np.array([1.0]))
+    asymptotic: dict = field(default_factory=dict)
+
+    @property
+    def lambda_min(self) -> Optional[float]:
+        """Left edge of the first bulk above the delta peak (None if no bulk was found)."""
+        return self.edges[0][0] if self.edges else None
+
+    def cdf(self) -> np.ndarray:
+        """Cumulative mass of the continuous part along the grid (trapezoid), starting at 0."""
+        inc = 0.5 * (self.density[1:] + self.density[:-1]) * np.diff(self.lambdas)
+        return np.concatenate([[0.0], np.cumsum(inc)])
+
+    def to_dict(self) -> dict:
+        return {
+            "constants": self.constants.to_dict(),
+            "psi_p": self.psi_p,
+            "psi_n": self.psi_n,
+            "lambda": self.lambdas.tolist(),
+            "density": self.density.tolist(),
+            "converged": self.converged.tolist(),
+            "n_unconverged": int((~self.converged).sum()),
+            "delta_peak_weight": self.delta_peak_weight,
+            "delta_peak_weight_solver": self.delta_peak_weight_solver,
+            "edges": self.edges,
+            "lambda_min": self.lambda_min,
+            "mass": self.mass,
+            "eps": self.eps,
+            "sigma_eigs": self.sigma_eigs.tolist(),
+            "sigma_weights": self.sigma_weights.tolist(),
+            "asymptotic": {k: v for k, v in self.asymptotic.items() if k != "density"},
+            "asymptotic_density": self.asymptotic.get("density", np.array([])).tolist() if "density" in self.asymptotic else None,
+        }
+
+
+def _find_edges(lam: np.ndarray, inside: np.ndarray) -> list:
+    edges = []
+    i = 0
+    n = lam.size
+    while i < n:
+        if inside[i]:
+            j = i
+            while j + 1 < n and inside[j + 1]:
+                j += 1
+            lo = lam[i] if i == 0 else 0.5 * (lam[i - 1] + lam[i])
+            hi = lam[j] if j == n - 1 else 0.5 * (lam[j] + lam[j + 1])
+            edges.append([float(lo), float(hi)])
+            i = j + 1
+        else:
+            i += 1
+    return edges
+
+
+def spectral_density(t: Optional[float] = None, psi_p: float = 64.0, psi_n: float = 8.0, *, constants: Optional[RFConstants] = None,
+                     sigma_x: Optional[float] = None, activation="tanh", sigma_eigs: Optional[Sequence[float]] = None,
+                     sigma_weights: Optional[Sequence[float]] = None, lambdas: Optional[Sequence[float]] = None, n_points: int = 400,
+                     eps: Optional[float] = None) -> SpectrumResult:
+    """Eigenvalue density of U (Theorem 3.1) on a lambda grid, its delta peak and bulk edges.
+
+    Give either ``t`` (with ``sigma_x``/``activation``) or ready ``constants``. The data covariance is
+    ``sigma_x^2 I`` unless ``sigma_eigs`` (and optional ``sigma_weights``) give its spectrum; then
+    sigma_x = sqrt(mean eigenvalue). Points where Newton did not converge are flagged in ``converged``
+    (their density is still the last iterate, never silently NaN).
+    """
+    check_ratios(psi_p, psi_n)
+    lam_s, w_s, sx = _mixture(sigma_eigs, sigma_weights, sigma_x if constants is None else (constants.sigma_x if sigma_eigs is None else None))
+    if constants is None:
+        if t is None:
+            raise ValueError("give the diffusion time t (or ready constants=rf_constants(...))")
+        constants = rf_constants(t, sx, activation)
+    elif sigma_eigs is not None and abs(constants.sigma_x - sx) > 1e-9 * sx:
+        raise ValueError(f"constants were built with sigma_x={constants.sigma_x} but sigma_eigs give {sx:.6g}; rebuild them with sigma_x=sqrt(mean eigenvalue)")
+    if t is not None and abs(float(t) - constants.t) > 1e-15:
+        raise ValueError(f"t={t} disagrees with constants.t={constants.t}; give only one")
+    c = constants
+    if lambdas is None:
+        if int(n_points) < 10:
+            raise ValueError(f"n_points must be >= 10 (got {n_points})")
+        lam = default_grid(c, psi_p, psi_n, int(n_points), float(lam_s.max()))
+    else:
+        lam = np.asarray(lambdas, dtype=np.float64).ravel()
+        if lam.size < 2 or not np.all(np.isfinite(lam)) or np.any(np.diff(lam) <= 0):
+            raise ValueError("lambdas must be a finite, strictly increasing grid of at least 2 points")
+    scale = max(1.0, float(np.abs(lam).max()))
+    eps = 1e-10 * scale if eps is None else float(eps)
+    if not eps > 0:
+        raise ValueError(f"eps must be > 0 (got {eps})")
+    z = lam + 1j * eps
+    q, r, res, path = solve_stieltjes(z, c, psi_p, psi_n, lam_s, w_s, return_path=True)
+    # a second, 100x larger eps tells support (Im q stays finite) from gaps (Im q ~ eps)
+    q_big = None
+    for y, qq in path:
+        if y <= 100 * eps:
+            q_big = qq
+            break
+    tol_conv = 1e-7
+    converged = np.isfinite(q) & (res < tol_conv) & (q.imag >= -1e-10 * np.abs(q))
+    density = np.clip(q.imag, 0.0, None) / math.pi
+    ratio = q.imag / np.where(q_big.imag > 0, q_big.imag, np.inf) if q_big is not None else np.ones_like(density)
+    inside = (ratio > 0.5) & (density > 1e-12 * max(density.max(), 1e-300)) & converged
+    density = np.where(inside | ~converged, density, 0.0)
+    edges = _find_edges(lam, inside)
+    mass = float(np.sum(0.5 * (density[1:] + density[:-1]) * np.diff(lam)))
+    # delta peak: exact rank count, and the solver's own residue at s_t^2
+    delta_exact = max(0.0, 1.0 - (1.0 + psi_n) / psi_p) if (c.v2 > 0 or c.alpha > 0) else 1.0
+    e0 = 1e-7 * max(c.v2 + c.b**2, 1e-12)
+    q0, _, res0 = solve_stieltjes(np.array([c.s2 + 1j * e0]), c, psi_p, psi_n, lam_s, w_s)
+    delta_solver = float(e0 * q0.imag[0])
+    asym = asymptotic_spectrum(c, psi_p, psi_n, lam) if len(lam_s) == 1 else {}
+    return SpectrumResult(constants=c, psi_p=float(psi_p), psi_n=float(psi_n), lambdas=lam, density=density, q=q, converged=converged,
+                          residual=res, delta_peak_weight=delta_exact, delta_peak_weight_solver=delta_solver, edges=edges, mass=mass,
+                          eps=eps, sigma_eigs=lam_s, sigma_weights=w_s, asymptotic=asym)
