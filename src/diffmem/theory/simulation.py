@@ -34,7 +34,9 @@ def as_generator(seed: Union[None, int, np.random.Generator]) -> np.random.Gener
         return seed
     if seed is None or isinstance(seed, (int, np.integer)):
         return np.random.default_rng(seed)
-    raise ValueError(f"seed must be an int, None or a numpy Generator (got {type(seed).__name__})")
+    if isinstance(seed, (list, tuple)) and all(isinstance(s, (int, np.integer)) for s in seed):
+        return np.random.default_rng(list(seed))
+    raise ValueError(f"seed must be an int, a list of ints, None or a numpy Generator (got {type(seed).__name__})")
 
 
 @dataclass
