@@ -8,18 +8,32 @@
   :func:`predicted_times` — training dynamics, tau_gen, tau_mem.
 * :func:`phase_diagram` — L_gen over (psi_n, psi_p) at given training times.
 
-Heavy work only runs when called; importing this package costs numpy.
+Names load lazily (PEP 562), so ``import diffmem.theory.cli`` does not import numpy.
 """
 
-from .constants import RFConstants, rf_constants
-from .dynamics import (LossCurves, closed_form_losses, default_taus, eigensystem_dense, eigensystem_gaussian_equivalent, exact_curves,
-                       first_bulk_edge, fit_power_law, gaussian_equivalent_curves, predicted_times, simulate_gd)
-from .phase import PhaseDiagram, phase_diagram
-from .simulation import (RFProblem, eigenvalue_histogram, exact_matrices, gaussian_equivalent, ge_eigenvalues, make_problem, mc_matrices,
-                         population_matrices)
-from .spectrum import SpectrumResult, asymptotic_spectrum, spectral_density
+import importlib
 
-__all__ = ["RFConstants", "rf_constants", "SpectrumResult", "spectral_density", "asymptotic_spectrum", "RFProblem", "make_problem",
-           "exact_matrices", "mc_matrices", "population_matrices", "gaussian_equivalent", "ge_eigenvalues", "eigenvalue_histogram",
-           "LossCurves", "closed_form_losses", "eigensystem_dense", "eigensystem_gaussian_equivalent", "gaussian_equivalent_curves",
-           "exact_curves", "simulate_gd", "predicted_times", "first_bulk_edge", "fit_power_law", "default_taus", "PhaseDiagram", "phase_diagram"]
+_WHERE = {
+    "constants": ["RFConstants", "rf_constants"],
+    "dynamics": ["LossCurves", "closed_form_losses", "default_taus", "eigensystem_dense", "eigensystem_gaussian_equivalent", "exact_curves",
+                 "first_bulk_edge", "fit_power_law", "gaussian_equivalent_curves", "predicted_times", "simulate_gd"],
+    "phase": ["PhaseDiagram", "phase_diagram"],
+    "simulation": ["RFProblem", "eigenvalue_histogram", "exact_matrices", "gaussian_equivalent", "ge_eigenvalues", "make_problem", "mc_matrices",
+                   "population_matrices"],
+    "spectrum": ["SpectrumResult", "asymptotic_spectrum", "spectral_density"],
+}
+_NAME_TO_MODULE = {name: mod for mod, names in _WHERE.items() for name in names}
+__all__ = sorted(_NAME_TO_MODULE)
+
+
+def __getattr__(name):
+    mod = _NAME_TO_MODULE.get(name)
+    if mod is None:
+        raise AttributeError(f"module 'diffmem.theory' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{mod}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(list(globals()) + __all__)
