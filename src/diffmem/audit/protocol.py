@@ -6,11 +6,61 @@ model space for the testbed, VAE latents for Stable Diffusion).
 
 from __future__ import annotations
 
-from typing import Protocol, Sequence, runtime_checkable
+from dataclasses import dataclass
+from typing import Optional, Protocol, Sequence, runtime_checkable
+
+import numpy as np
 
 import torch
 
 from ..schedule import Schedule
+
+LABELS = ("memorized", "partial", "normal")
+
+
+@dataclass(frozen=True)
+class PromptSpec:
+    """One prompt to audit and the training image it may reproduce.
+
+    ``image`` is the training image in pixels, shape (C, H, W), values in [0, 1].
+    ``label`` is the ground truth when known: "memorized", "partial" or "normal" (None if unknown).
+    ``key`` names the prompt in files (unique, filesystem-safe); defaults to a hash of the prompt.
+    """
+
+    prompt: str
+    image: torch.Tensor
+    label: Optional[str] = None
+    key: Optional[str] = None
+
+    def __post_init__(self):
+        if not isinstance(self.prompt, str):
+            raise ValueError(f"a prompt must be a string, got {type(self.prompt).__name__}")
+        if self.image is None:
+            raise ValueError(f"prompt {self.prompt!r} has no training image: give the image it may reproduce")
+        img = torch.as_tensor(self.image)
+        if img.ndim != 3 or not torch.isfinite(img).all() or img.min() < 0 or img.max() > 1:
+            raise ValueError(f"the image of prompt {self.prompt!r} must be a finite (C, H, W) tensor with values in [0, 1], "
+                             f"got shape {tuple(img.shape)}")
+        if self.label is not None and self.label not in LABELS:
+            raise ValueError(f"label of prompt {self.prompt!r} must be one of {LABELS} or None, got {self.label!r}")
+        if self.key is None:
+            import hashlib
+
+            object.__setattr__(self, "key", "p_" + hashlib.sha1(self.prompt.encode()).hexdigest()[:12])
+
+
+@runtime_checkable
+class Severity(Protocol):
+    """Similarity of generated images to a training image (higher = closer to a copy)."""
+
+    #: a stated name, e.g. "sscd-cosine" or "pixel-cosine"
+    name: str
+    #: scores at or above this value count as a copy
+    threshold: float
+
+    def __call__(self, generated: torch.Tensor, reference: torch.Tensor) -> np.ndarray:
+        """Scores (N,) for generated pixels (N, C, H, W) in [0, 1] against reference pixels (C, H, W)."""
+        ...
 
 
 @runtime_checkable
