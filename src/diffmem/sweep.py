@@ -66,12 +66,15 @@ def run_jobs(jobs: list[Job], workers: Optional[int] = None, threads: int = 1, s
     workers = default_workers(len(jobs)) if workers is None else int(workers)
     bars = {j.name: tqdm(total=j.train.steps, desc=f"{j.name} train", position=i, leave=True, disable=not show_progress, dynamic_ncols=True) for i, j in enumerate(jobs)}
 
+    stages = {j.name: "train" for j in jobs}
+
     def update(msg) -> None:
         name, stage, i, total = msg
         bar = bars[name]
-        if stage == "measure" and bar.desc != f"{name} measure":
+        if stage != stages[name]:
+            stages[name] = stage
             bar.reset(total=total)
-            bar.set_description(f"{name} measure")
+            bar.set_description(f"{name} {stage}")
         bar.n = i
         bar.refresh()
 
