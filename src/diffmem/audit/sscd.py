@@ -1,0 +1,111 @@
+"""Copy-detection severity with a user-supplied SSCD TorchScript model (Pizzi et al., CVPR 2022).
+
+Nothing is downloaded: point ``path`` at a TorchScript file such as ``sscd_disc_mixup.torchscript.pt``
+from the SSCD repository (facebookresearch/sscd-copy-detection). Preprocessing follows the SSCD
+README's square variant ("skew_320"): resize to ``size x size`` without keeping the aspect ratio
+(bilinear, antialiased when shrinking), then ImageNet normalisation (mean 0.485, 0.456, 0.406; std
+0.229, 0.224, 0.225). ``size=None`` keeps the input size. Grayscale inputs are repeated to RGB.
+The score is the cosine of the L2-normalised descriptors; SSCD's README states that for
+``sscd_disc_mixup`` a cosine above 0.75 marks a copy with 90% precision on DISC (the threshold the
+memorization papers use).
+
+Without an SSCD file the audit falls back to the core's pixel-space cosine (``PixelCosine``,
+named "pixel-cosine"), which is a cruder proxy and is stated as such in the report.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+__all__ = ["SSCDSeverity", "IMAGENET_MEAN", "IMAGENET_STD"]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class SSCDSeverity:
+    """Severity = cosine similarity of SSCD descriptors of generated images and the training image."""
+
+    name = "sscd-cosine"
+
+    def __init__(self, path: str | Path, threshold: float = 0.75, size: Optional[int] = 320,
+                 device: str | torch.device = "cpu", batch_size: int = 16):
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"no SSCD model file at {path}; download a TorchScript model such as sscd_disc_mixup.torchscript.pt "
+                "from github.com/facebookresearch/sscd-copy-detection and pass its local path"
+            )
+        if not -1.0 <= float(threshold) <= 1.0:
+            raise ValueError(f"threshold is a cosine similarity and must lie in [-1, 1], got {threshold}")
+        if size is not None and (int(size) != size or size < 8):
+            raise ValueError(f"size must be an integer >= 8 (SSCD recommends 320) or None, got {size}")
+        if int(batch_size) < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)  # torch >= 2.10 deprecates TorchScript; SSCD ships it
+                model = torch.jit.load(str(path), map_location="cpu")
+        except Exception as e:  # torch raises RuntimeError/ValueError/pickle errors for non-TorchScript files
+            raise ValueError(
+                f"{path} is not a TorchScript model ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+                "use the SSCD '*.torchscript.pt' files, not the '.classy.pt'/'.torchvision.pt' weight files"
+            ) from e
+        self.path = str(path)
+        self.threshold = float(threshold)
+        self.size = None if size is None else int(size)
+        self.device = torch.device(device)
+        self.batch_size = int(batch_size)
+        self.model = model.to(self.device).eval()
+        probe = self.descriptors(torch.full((1, 3, self.size or 64, self.size or 64), 0.5))
+        self.dim = int(probe.shape[1])
+
+    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
+        """(N, C, H, W) in [0, 1] -> the normalised (N, 3, size, size) batch SSCD expects."""
+        if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[1] not in (1, 3):
+            shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+            raise ValueError(f"images must have shape (N, 1 or 3, H, W) with values in [0, 1], got {shape}")
+        x = images.detach().to(torch.float32).clamp(0, 1)
+        if x.shape[1] == 1:
+            x = x.repeat(1, 3, 1, 1)
+        if self.size is not None and tuple(x.shape[-2:]) != (self.size, self.size):
+            shrink = x.shape[-2] > self.size or x.shape[-1] > self.size
+            x = torch.nn.functional.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False,
+                                                antialias=bool(shrink))
+        mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+        std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+        return (x - mean) / std
+
+    @torch.no_grad()
+    def descriptors(self, images: torch.Tensor) -> torch.Tensor:
+        """L2-normalised descriptors (N, D) in float64 of images (N, C, H, W) in [0, 1]."""
+        out = []
+        for lo in range(0, images.shape[0], self.batch_size):
+            x = self.preprocess(images[lo:lo + self.batch_size]).to(self.device)
+            d = self.model(x)
+            if isinstance(d, (tuple, list)):
+                d = d[0]
+            if not isinstance(d, torch.Tensor) or d.ndim != 2 or d.shape[0] != x.shape[0]:
+                got = tuple(d.shape) if isinstance(d, torch.Tensor) else type(d).__name__
+                raise ValueError(f"the SSCD model {self.path} must return descriptors of shape (N, D), got {got}")
+            out.append(d.detach().to(torch.float64).cpu())
+        d = torch.cat(out)
+        return d / d.norm(dim=1, keepdim=True).clamp_min(1e-12)
+
+    def __call__(self, generated: torch.Tensor, reference: torch.Tensor) -> np.ndarray:
+        """Cosine similarities (N,) of each generated image (N, C, H, W) with the reference (C, H, W)."""
+        if not isinstance(reference, torch.Tensor) or reference.ndim != 3:
+            shape = tuple(reference.shape) if isinstance(reference, torch.Tensor) else type(reference).__name__
+            raise ValueError(f"reference must be one image of shape (C, H, W), got {shape}")
+        g = self.descriptors(generated)
+        r = self.descriptors(reference.unsqueeze(0))
+        return (g @ r[0]).numpy()
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "path": self.path, "threshold": self.threshold, "size": self.size,
+                "normalisation": {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}, "dim": self.dim}
