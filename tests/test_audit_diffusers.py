@@ -475,20 +475,28 @@ def _manifest_for(tmp_path, model):
 
 def test_run_audit_on_tiny_pipeline(pipe_dir, tmp_path, offline):
     run = pytest.importorskip("diffmem.audit.run")
+    from diffmem.audit.recorder import prompt_seeds
+
     m = load_pipeline_model(pipe_dir)
-    man = _manifest_for(tmp_path, m)
-    specs = read_manifest(man)
-    cfg_fields = {f for f in run.AuditConfig.__dataclass_fields__}
-    kw = {k: v for k, v in dict(steps=4, seeds=2, n_seeds=2, num_seeds=2).items() if k in cfg_fields}
-    cfg = run.AuditConfig(**kw)
+    specs = read_manifest(_manifest_for(tmp_path, m))
+    cfg = run.AuditConfig(steps=4, seeds=2, n_boot=20)
     res = run.run_audit(m, specs, cfg, tmp_path / "out", progress=False)
-    assert (tmp_path / "out" / "audit.json").is_file()
-    assert (tmp_path / "out" / "report.html").is_file()
+    for name in ("audit.json", "report.html"):
+        assert (tmp_path / "out" / name).is_file()
     saved = json.loads((tmp_path / "out" / "audit.json").read_text())
-    assert isinstance(res, dict) and saved
-    text = json.dumps(saved)
-    for s in specs:
-        assert s.key in text or s.prompt in text
+    assert saved["model"]["kind"] == "diffusers" and saved["model"]["latent_shape"] == [4, 8, 8]
+    assert saved["timesteps"] == res["timesteps"] == m.timesteps(4)
+    assert [p["key"] for p in saved["prompts"]] == [s.key for s in specs]
+    assert [p["label"] for p in saved["prompts"]] == ["memorized", "normal"]
+    assert all(len(p["severity_per_seed"]) == 2 for p in saved["prompts"])
+    # the recorded trajectory ends where the diffusers pipeline ends from the same noise
+    ref = _reference_pipe(pipe_dir)
+    x_T = sampling.randn_per_sample(prompt_seeds(cfg.seed, 2), m.latent_shape)  # noqa: N806
+    want = ref(specs[0].prompt, num_images_per_prompt=2, latents=x_T.clone(), guidance_scale=cfg.guidance,
+               num_inference_steps=4, output_type="latent").images
+    traj = run.load_trajectory(tmp_path / "out", specs[0].key)
+    torch.testing.assert_close(traj.x_final, want, atol=2e-4, rtol=1e-4)
+    torch.testing.assert_close(traj.x_T, x_T)
 
 
 def test_audit_cli_on_tiny_pipeline(pipe_dir, tmp_path, offline):

@@ -24,6 +24,7 @@ hub. The audit works in the pipeline's latent space:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import warnings
 from pathlib import Path
@@ -177,7 +178,9 @@ class DiffusersModel:
         self.shift_factor = float(shift) if shift is not None else 0.0
         self.schedule: Schedule = schedule_from_scheduler(self.scheduler)
         for m in (self.unet, self.vae, self.text_encoder):
-            m.to(device=self.device, dtype=dtype)
+            if m.dtype != dtype:
+                m.to(dtype=dtype)
+            m.to(self.device)
             m.eval()
             m.requires_grad_(False)
         self._ab = self.schedule.alphas_cumprod.to(self.device)
@@ -329,17 +332,37 @@ class DiffusersModel:
         }
 
 
+@contextlib.contextmanager
+def _quiet_libraries():
+    """Silence diffusers/transformers info logs and their loading progress bars, then restore them."""
+    from diffusers.utils import logging as dlog
+    from transformers.utils import logging as tlog
+
+    saved = [(m, m.get_verbosity(), m.is_progress_bar_enabled()) for m in (dlog, tlog)]
+    for m, _, _ in saved:
+        m.set_verbosity_error()
+        m.disable_progress_bar()
+    try:
+        yield
+    finally:
+        for m, level, bar in saved:
+            m.set_verbosity(level)
+            if bar:
+                m.enable_progress_bar()
+
+
 def load_pipeline_model(folder: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
-                        batch_size: Optional[int] = None) -> DiffusersModel:
+                        batch_size: Optional[int] = None, quiet: bool = True) -> DiffusersModel:
     """Load a Stable-Diffusion-style pipeline from a local folder (never from a hub) as a :class:`DiffusersModel`.
 
     The safety checker, feature extractor and image encoder are not loaded (the audit does not use them).
+    ``quiet`` silences the libraries' own loading logs and progress bars.
     """
     index = check_pipeline_folder(folder)
     diffusers = _import_diffusers()
     extra = {name: None for name in ("feature_extractor", "image_encoder") if name in index}
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), (_quiet_libraries() if quiet else contextlib.nullcontext()):
             warnings.simplefilter("ignore", FutureWarning)
             pipe = diffusers.StableDiffusionPipeline.from_pretrained(
                 str(folder), local_files_only=True, safety_checker=None, requires_safety_checker=False,
