@@ -189,6 +189,19 @@ def test_predict_matches_pipeline_branches(pipe_dir):
     torch.testing.assert_close(u2, eps_u, atol=1e-5, rtol=1e-5)
 
 
+def test_long_prompts_are_truncated_like_the_pipeline(pipe_dir):
+    m = load_pipeline_model(pipe_dir)
+    ref = _reference_pipe(pipe_dir)
+    long = " ".join(["the cat and the dog"] * 30)  # far more than 77 tokens
+    with pytest.warns(UserWarning, match="truncated"):
+        emb = m.embed(long)
+    with torch.no_grad():
+        want, _ = ref.encode_prompt(long, "cpu", 1, False)
+    assert emb.shape == (1, 77, 32)
+    torch.testing.assert_close(emb, want)
+    assert m.embed(long) is emb  # cached
+
+
 def test_predict_rejects_bad_input(pipe_dir):
     m = load_pipeline_model(pipe_dir)
     with pytest.raises(ValueError, match="shape"):
@@ -208,7 +221,7 @@ def _guided_denoiser(model, prompt, g, calls):
     return den
 
 
-@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
 def test_guided_ddim_trajectory_matches_pipeline(pipe_dir, tmp_path, prediction_type):
     folder = pipe_dir if prediction_type == "epsilon" else _variant(pipe_dir, tmp_path, prediction_type=prediction_type)
     m = load_pipeline_model(folder)
@@ -277,6 +290,8 @@ def test_encode_grayscale_resize_and_crop(pipe_dir):
     torch.testing.assert_close(m.encode(big), m.encode(small.clamp(0, 1)))
     wide = torch.rand(1, 3, 16, 40, generator=gen)  # centre 16x16 crop: columns 12..27
     torch.testing.assert_close(m.encode(wide), m.encode(wide[..., 12:28]))
+    tall = torch.rand(1, 3, 40, 16, generator=gen)
+    torch.testing.assert_close(m.encode(tall), m.encode(tall[..., 12:28, :]))
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         m.encode(gray * 2)
     with pytest.raises(ValueError, match="shape"):
