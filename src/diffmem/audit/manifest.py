@@ -21,6 +21,7 @@ against several images on purpose).
 from __future__ import annotations
 
 import csv
+import io
 import json
 import re
 from pathlib import Path
@@ -86,7 +87,7 @@ def _entries(path: Path) -> list[tuple[str, Any]]:
                 raise ValueError(f"{path.name} line {n} is not valid JSON ({e})") from e
         return out
     if suffix == ".csv":
-        reader = csv.DictReader(text.splitlines())
+        reader = csv.DictReader(io.StringIO(text, newline=""))
         fields = [f.strip().lower() for f in (reader.fieldnames or [])]
         if "prompt" not in fields or "image" not in fields:
             raise ValueError(f"{path}: a CSV manifest needs a header row with the columns prompt,image[,label] "
