@@ -514,14 +514,24 @@ def test_run_audit_on_tiny_pipeline(pipe_dir, tmp_path, offline):
     torch.testing.assert_close(traj.x_T, x_T)
 
 
-def test_audit_cli_on_tiny_pipeline(pipe_dir, tmp_path, offline):
+def test_audit_cli_on_tiny_pipeline(pipe_dir, tmp_path, offline, toy_sscd, capsys):
     pytest.importorskip("diffmem.audit.run")
     pytest.importorskip("diffmem.audit.cli")
     from diffmem.cli import main
 
     man = _manifest_for(tmp_path, load_pipeline_model(pipe_dir))
     out = tmp_path / "cli"
-    rc = main(["audit", "--model", str(pipe_dir), "--manifest", str(man), "--steps", "3", "--seeds", "2",
-               "--out", str(out), "--quiet"])
+    _, sscd_path = toy_sscd
+    rc = main(["audit", "--model", str(pipe_dir), "--manifest", str(man), "--steps", "3", "--seeds", "2", "--n-boot", "20",
+               "--sscd", str(sscd_path), "--out", str(out), "--quiet"])
     assert rc == 0
     assert (out / "audit.json").is_file() and (out / "report.html").is_file()
+    saved = json.loads((out / "audit.json").read_text())
+    assert saved["severity_metric"] == {"name": "sscd-cosine", "threshold": 0.75}
+    assert saved["timesteps"] == [667, 334, 1]  # DDIM, leading spacing + SD's steps_offset 1
+    assert len(saved["prompts"]) == 2
+    # a folder that is not a pipeline is a clear CLI error, not a traceback
+    (tmp_path / "notpipe").mkdir()
+    capsys.readouterr()
+    rc = main(["audit", "--model", str(tmp_path / "notpipe"), "--manifest", str(man), "--out", str(tmp_path / "o2"), "--quiet"])
+    assert rc == 2 and "not a diffusers pipeline folder" in capsys.readouterr().err
