@@ -155,6 +155,17 @@ def test_missing_and_invalid_folders(tmp_path, pipe_dir):
         load_pipeline_model(noweights)
 
 
+def test_fp16_variant_only_folder_loads(pipe_dir, tmp_path):
+    d = tmp_path / "fp16"
+    shutil.copytree(pipe_dir, d)
+    for w in d.glob("*/*.safetensors"):
+        w.rename(w.with_name(w.name.replace(".safetensors", ".fp16.safetensors")))
+    m, ref = load_pipeline_model(d), load_pipeline_model(pipe_dir)
+    x = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(2))
+    for a, b in zip(m.predict(x, torch.tensor([10.0, 900.0]), "a cat"), ref.predict(x, torch.tensor([10.0, 900.0]), "a cat")):
+        torch.testing.assert_close(a, b)
+
+
 def test_zero_snr_schedule_is_refused(pipe_dir, tmp_path):
     with pytest.raises(ValueError, match="zero terminal SNR"):
         load_pipeline_model(_variant(pipe_dir, tmp_path, rescale_betas_zero_snr=True))

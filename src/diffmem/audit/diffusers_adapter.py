@@ -351,16 +351,27 @@ def _quiet_libraries():
                 m.enable_progress_bar()
 
 
+def _weights_variant(folder: Path) -> Optional[str]:
+    """"fp16" when the U-Net's weights exist only as the fp16 variant (``*.fp16.safetensors``), else None."""
+    names = [p.name for p in (folder / "unet").iterdir() if p.suffix in (".safetensors", ".bin")]
+    plain = [n for n in names if ".fp16." not in n and not n.endswith(".fp16.safetensors")]
+    return "fp16" if names and not plain and any(".fp16." in n for n in names) else None
+
+
 def load_pipeline_model(folder: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
                         batch_size: Optional[int] = None, quiet: bool = True) -> DiffusersModel:
     """Load a Stable-Diffusion-style pipeline from a local folder (never from a hub) as a :class:`DiffusersModel`.
 
     The safety checker, feature extractor and image encoder are not loaded (the audit does not use them).
-    ``quiet`` silences the libraries' own loading logs and progress bars.
+    A folder that holds only fp16-variant weights (``*.fp16.safetensors``) is loaded with ``variant="fp16"``
+    (and cast to ``dtype``). ``quiet`` silences the libraries' own loading logs and progress bars.
     """
     index = check_pipeline_folder(folder)
     diffusers = _import_diffusers()
-    extra = {name: None for name in ("feature_extractor", "image_encoder") if name in index}
+    extra: dict[str, Any] = {name: None for name in ("feature_extractor", "image_encoder") if name in index}
+    variant = _weights_variant(Path(folder))
+    if variant is not None:
+        extra["variant"] = variant
     try:
         with warnings.catch_warnings(), (_quiet_libraries() if quiet else contextlib.nullcontext()):
             warnings.simplefilter("ignore", FutureWarning)
