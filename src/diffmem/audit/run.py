@@ -1,0 +1,257 @@
+"""The audit: record every prompt, analyse, compare detectors, try mitigations, write the results.
+
+Folder layout (``out``):
+
+- ``audit_config.json``: the :class:`AuditConfig`, the model's description and the severity's name
+  (claimed with :func:`diffmem.config.claim_folder`: another configuration in the folder is refused);
+- ``prompts/<key>.json``: one finished prompt (statistics, curves, severity per seed, mitigation);
+  written atomically when the prompt is done, so a re-run skips it (resume per prompt);
+- ``trajectories/<key>.safetensors``: the recorded trajectory (``save_trajectories``);
+- ``audit.json``, ``figures/*.png``, ``report.html``: the aggregate, rewritten at the end.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+from .. import _io
+from ..config import claim_folder, to_dict
+from . import analysis
+from .detectors import DETECTORS, detector_costs, roc_table
+from .mitigation import SCHEDULES, guidance_schedule, mitigation_table, transition_steps
+from .protocol import LABELS, GuidedModel, PromptSpec, Severity
+from .recorder import Trajectory, model_timesteps, prompt_seeds, record, sample_final
+from .severity import PixelCosine
+
+__all__ = ["AuditConfig", "run_audit", "STATISTICS"]
+
+#: per-prompt statistics correlated with severity
+STATISTICS = ("overestimation_a", "D1", "D2", "convergence", "seed_collapse", "wen_first", "wen_mean", "loss_ratio_first")
+
+
+@dataclass(frozen=True)
+class AuditConfig:
+    """One audit. ``seeds`` noise seeds per prompt (the same x_T for every prompt, see
+    :func:`~diffmem.audit.recorder.prompt_seeds`); ``first_steps`` steps enter the overestimation
+    coefficient; ``converge_step`` is where trajectory convergence is read: 0..steps-1 are the latents the
+    model sees (0 = x_T), ``steps`` (the default) is the final sample."""
+
+    guidance: float = 7.5
+    steps: int = 50
+    seeds: int = 8
+    seed: int = 0
+    first_steps: int = 1
+    converge_step: Optional[int] = None
+    spacing: str = "leading"  # only for models without their own timesteps()
+    n_boot: int = 1000
+    mitigation: bool = True
+    mitigation_transition: float = 0.3  # fraction of the steps run without normal guidance
+    mitigation_early_scale: float = 0.0  # "no guidance": the unconditional prediction eps_u
+    mitigation_negative_scale: float = -1.0
+    save_trajectories: bool = True
+
+    def validate(self) -> None:
+        if not -0.0 <= self.guidance <= 50 or self.guidance != self.guidance:
+            raise ValueError(f"guidance must lie in [0, 50] (Stable Diffusion's default is 7.5), got {self.guidance}")
+        if int(self.steps) != self.steps or not 1 <= self.steps <= 1000:
+            raise ValueError(f"steps must be an integer in [1, 1000], got {self.steps}")
+        if int(self.seeds) != self.seeds or self.seeds < 2:
+            raise ValueError(f"seeds must be an integer >= 2 (seed distances need pairs), got {self.seeds}")
+        if not 1 <= self.first_steps <= self.steps:
+            raise ValueError(f"first_steps must be in [1, steps={self.steps}], got {self.first_steps}")
+        if self.converge_step is not None and not 1 <= self.converge_step <= self.steps:
+            raise ValueError(f"converge_step must be in [1, steps={self.steps}] (steps = the final sample), got {self.converge_step}")
+        if self.n_boot < 0:
+            raise ValueError(f"n_boot must be >= 0, got {self.n_boot}")
+        if self.spacing not in ("leading", "trailing", "linspace"):
+            raise ValueError(f"spacing must be 'leading', 'trailing' or 'linspace', got {self.spacing!r}")
+        transition_steps(self.steps, self.mitigation_transition)
+        for name in ("mitigation_early_scale", "mitigation_negative_scale"):
+            if not -50 <= getattr(self, name) <= 50:
+                raise ValueError(f"{name} must lie in [-50, 50], got {getattr(self, name)}")
+
+    @property
+    def resolved_converge_step(self) -> int:
+        return self.steps if self.converge_step is None else int(self.converge_step)
+
+
+@dataclass(frozen=True)
+class _Claim:
+    """What a folder's results depend on (saved as ``audit_config.json``)."""
+
+    audit: dict
+    model: dict
+    severity: dict
+
+
+def _check_specs(specs: Sequence[PromptSpec]) -> None:
+    if not specs:
+        raise ValueError("no prompts to audit: give at least one PromptSpec (a manifest with one line per prompt)")
+    keys = [s.key for s in specs]
+    dup = sorted({k for k in keys if keys.count(k) > 1})
+    if dup:
+        raise ValueError(f"prompt keys must be unique, repeated: {dup[:5]}; give each prompt its own key")
+    for s in specs:
+        if not isinstance(s, PromptSpec):
+            raise ValueError(f"expected PromptSpec objects, got {type(s).__name__}")
+
+
+def _model_info(model: GuidedModel) -> dict:
+    info = model.to_dict() if callable(getattr(model, "to_dict", None)) else {"kind": type(model).__name__}
+    return {**info, "latent_shape": list(model.latent_shape), "T": model.schedule.T}
+
+
+def _audit_prompt(model: GuidedModel, spec: PromptSpec, cfg: AuditConfig, ks: list[int], seeds: list[int], severity: Severity, out: Path) -> dict:
+    t0 = time.time()
+    x = model.encode(spec.image[None].float())[0].double()
+    path = out / "trajectories" / f"{spec.key}.safetensors" if cfg.save_trajectories else None
+    traj = record(model, spec.prompt, seeds, ks, cfg.guidance, path)
+    t_rec = time.time() - t0
+    stats = analysis.analyze(traj, x, cfg.first_steps, cfg.resolved_converge_step)
+    pixels = model.decode(traj.x_final.float())
+    sev = np.asarray(severity(pixels, spec.image), dtype=np.float64)
+    fid_fn = getattr(model, "fidelity", None)
+    fid = np.asarray(fid_fn(spec.prompt, pixels), dtype=np.float64) if callable(fid_fn) else np.full(len(seeds), np.nan)
+    t_an = time.time() - t0 - t_rec
+    mit = {"constant": {"severity": sev.tolist(), "fidelity": fid.tolist()}}
+    if cfg.mitigation:
+        tr = transition_steps(cfg.steps, cfg.mitigation_transition)
+        for sched, early in (("conditional_only", 1.0), ("no_early_guidance", cfg.mitigation_early_scale),
+                             ("negative_early_guidance", cfg.mitigation_negative_scale)):
+            scales = guidance_schedule(sched, cfg.guidance, cfg.steps, tr, early)
+            px = model.decode(sample_final(model, spec.prompt, seeds, ks, scales).float())
+            mit[sched] = {
+                "severity": np.asarray(severity(px, spec.image), dtype=np.float64).tolist(),
+                "fidelity": (np.asarray(fid_fn(spec.prompt, px), dtype=np.float64) if callable(fid_fn) else np.full(len(seeds), np.nan)).tolist(),
+            }
+    t_mit = time.time() - t0 - t_rec - t_an
+    curves = stats.pop("curves")
+    return {
+        "key": spec.key,
+        "prompt": spec.prompt,
+        "label": spec.label,
+        "severity": float(sev.mean()),
+        "severity_per_seed": sev.tolist(),
+        "copy_rate": float((sev >= severity.threshold).mean()),
+        "fidelity": float(np.nanmean(fid)) if np.isfinite(fid).any() else None,
+        **stats,
+        "curves": curves,
+        "mitigation": mit,
+        "seconds": {"record": t_rec, "analysis": t_an, "mitigation": t_mit},
+    }
+
+
+def _label_summary(prompts: list[dict]) -> dict[str, dict]:
+    out = {}
+    labels = [lab for lab in (*LABELS, None) if any(p["label"] == lab for p in prompts)]
+    for lab in labels:
+        ps = [p for p in prompts if p["label"] == lab]
+        row = {"prompts": len(ps)}
+        for name in ("overestimation_a", "seed_collapse", "convergence", "D1", "D2", "wen_first", "wen_mean",
+                     "loss_guided_mean", "loss_cond_mean", "final_distance", "severity", "copy_rate", "fidelity"):
+            vals = np.array([p.get(name) if p.get(name) is not None else np.nan for p in ps], dtype=np.float64)
+            row[name] = float(np.nanmean(vals)) if np.isfinite(vals).any() else None
+        out[lab or "unlabelled"] = row
+    return out
+
+
+def _mean_curves(prompts: list[dict]) -> dict[str, dict[str, list]]:
+    out = {}
+    for lab in (*LABELS, None):
+        ps = [p for p in prompts if p["label"] == lab]
+        if not ps:
+            continue
+        out[lab or "unlabelled"] = {k: np.mean([p["curves"][k] for p in ps], axis=0).tolist() for k in ps[0]["curves"] if k != "k"}
+        out[lab or "unlabelled"]["k"] = ps[0]["curves"]["k"]
+    return out
+
+
+def run_audit(model: GuidedModel, specs: list[PromptSpec], cfg: AuditConfig, out: Path, severity: Optional[Severity] = None, progress: bool = True) -> dict:
+    """Audit ``specs`` on ``model``; writes and returns ``audit.json``'s content (see the module doc).
+
+    ``severity`` defaults to :class:`~diffmem.audit.severity.PixelCosine` (cosine of mean-centred
+    pixels). Finished prompts found in ``out/prompts`` are reused; a folder holding another
+    configuration is refused."""
+    from tqdm.auto import tqdm
+
+    t_start = time.time()
+    if not isinstance(cfg, AuditConfig):
+        raise ValueError(f"cfg must be an AuditConfig, got {type(cfg).__name__}")
+    cfg.validate()
+    _check_specs(specs)
+    severity = severity if severity is not None else PixelCosine()
+    if not isinstance(severity, Severity):
+        raise ValueError("severity must implement diffmem.audit.protocol.Severity (name, threshold, __call__)")
+    out = Path(out)
+    ks = model_timesteps(model, cfg.steps, cfg.spacing)
+    seeds = prompt_seeds(cfg.seed, cfg.seeds)
+    claim_folder(out, _Claim(to_dict(cfg), _model_info(model), {"name": severity.name, "threshold": float(severity.threshold)}),
+                 name="audit_config.json")
+    (out / "prompts").mkdir(parents=True, exist_ok=True)
+    prompts: list[dict] = []
+    computed = 0
+    for spec in tqdm(specs, desc="audit", disable=not progress):
+        path = out / "prompts" / f"{spec.key}.json"
+        if path.exists():
+            rec = _io.read_json(path)
+            if rec.get("prompt") != spec.prompt or rec.get("label") != spec.label:
+                raise ValueError(f"{path} holds prompt {rec.get('prompt')!r} (label {rec.get('label')!r}) but key {spec.key!r} now names "
+                                 f"{spec.prompt!r} (label {spec.label!r}); give prompts stable unique keys or use a new --out folder")
+        else:
+            rec = _audit_prompt(model, spec, cfg, ks, seeds, severity, out)
+            _io.write_json(path, rec)
+            computed += 1
+        prompts.append(rec)
+    return _aggregate(prompts, cfg, out, model, severity, ks, computed, t_start)
+
+
+def _aggregate(prompts: list[dict], cfg: AuditConfig, out: Path, model: GuidedModel, severity: Severity, ks: list[int], computed: int, t_start: float) -> dict:
+    from .report import audit_figures, write_audit_html
+
+    labels = [p["label"] for p in prompts]
+    costs = detector_costs(cfg.steps, cfg.seeds, cfg.first_steps, cfg.resolved_converge_step)
+    scores = {name: [p.get(name) if p.get(name) is not None else np.nan for p in prompts] for name in DETECTORS}
+    sev = [p["severity"] for p in prompts]
+    stats = {name: [p.get(name) if p.get(name) is not None else np.nan for p in prompts] for name in STATISTICS}
+    t_an = time.time()
+    res = {
+        "config": to_dict(cfg),
+        "model": _model_info(model),
+        "severity_metric": {"name": severity.name, "threshold": severity.threshold},
+        "timesteps": ks,
+        "seeds": prompt_seeds(cfg.seed, cfg.seeds),
+        "summary": _label_summary(prompts),
+        "detectors": roc_table(scores, labels, ("memorized",), ("normal",), costs),
+        "detectors_with_partial": roc_table(scores, labels, ("memorized", "partial"), ("normal",), costs),
+        "correlations": analysis.correlations(stats, sev, cfg.n_boot, cfg.seed),
+        "mitigation": mitigation_table(prompts, severity.threshold) if cfg.mitigation else {},
+        "mean_curves": _mean_curves(prompts),
+        "prompts": [{k: v for k, v in p.items() if k != "curves"} for p in prompts],
+    }
+    t_fig = time.time()
+    figs = audit_figures(res, prompts, out / "figures")
+    write_audit_html(res, figs, out / "report.html")
+    now = time.time()
+    res["timings"] = {
+        "prompts_computed": computed,
+        "prompts_reused": len(prompts) - computed,
+        "record_s": sum(p["seconds"]["record"] for p in prompts),
+        "analysis_s": sum(p["seconds"]["analysis"] for p in prompts),
+        "mitigation_s": sum(p["seconds"]["mitigation"] for p in prompts),
+        "aggregate_s": t_fig - t_an,
+        "figures_s": now - t_fig,
+        "wall_s": now - t_start,
+    }
+    _io.write_json(out / "audit.json", res)
+    return res
+
+
+def load_trajectory(out: str | Path, key: str) -> Trajectory:
+    """The recorded trajectory of prompt ``key`` in an audit folder."""
+    return Trajectory.load(Path(out) / "trajectories" / f"{key}.safetensors")
+

@@ -1,0 +1,318 @@
+"""A caption-conditional diffusion model on the 8x8 digits that memorizes some captions on purpose.
+
+The audit needs ground truth: prompts known to be reproduced and prompts known not to be. The
+testbed builds it in a minute or two on a laptop CPU:
+
+- **memorized** captions (default 12): each bound to ONE training image. Its conditional
+  distribution is a single point, so the trained conditional branch reproduces that image.
+- **partial** captions (default 12): each bound to a small cluster of near images (an anchor and
+  its ``partial_size - 1`` nearest neighbours of the same digit, in pixels). Samples reproduce one
+  member of the cluster: close to the anchor (the reference image) without always being it.
+- **normal** captions (30): generic text shared by many different images: ``"a handwritten d"``
+  (every unused image of digit d, about 170 each) and 20 ``"a handwritten digit from scanner
+  NAME"`` captions, each over a random twentieth of all unused images (mixed digits, about 85
+  each). Their reference image is the caption's first image (lowest dataset index); samples are
+  new digits, not copies. A digit caption's first-step prediction is its class mean, which shares
+  much of any member's structure, so its overestimation coefficient sits between the two extremes.
+
+Training draws a caption uniformly (class-balanced), then one of its images uniformly, so every
+caption gets the same number of updates; the caption is replaced by the empty condition with
+probability ``cond_dropout`` (10%) so that the same network gives the unconditional prediction for
+classifier-free guidance. Network: :class:`diffmem.models.ResidualMLP` with a caption embedding
+(index ``num_captions`` = the empty caption), Adam with a cosine learning-rate decay.
+
+Model space is ``scale * (pixels - mean)`` (the :class:`diffmem.data.Split` convention, scale 2,
+mean over all 1797 digits). The noise schedule is Stable Diffusion's ("scaled_linear", beta from
+0.00085 to 0.012 in square-root space, T = 1000) so that step indices and the size of the first-step
+signal (sqrt(alpha_bar_980) = 0.076) match what the audit sees on Stable Diffusion; with the DDPM
+linear schedule sqrt(alpha_bar_980) = 0.008 and the first-step x0 estimates would be dominated by
+network error.
+
+A digit classifier (scikit-learn logistic regression on all digits, deterministic lbfgs) is
+retrained at build time (nothing pickled) and gives the *fidelity* used by the mitigation study:
+whether a sample shows the caption's digit.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+from .. import _io
+from ..config import claim_folder, to_dict
+from ..models import ResidualMLP
+from ..schedule import Schedule
+from .protocol import PromptSpec
+
+__all__ = ["TestbedConfig", "TestbedModel", "build_testbed", "scaled_linear", "testbed_captions", "DigitClassifier"]
+
+_NAMES = ("amber", "birch", "cedar", "delta", "ember", "fjord", "grove", "heron", "iris", "jade",
+          "koala", "lotus", "maple", "nectar", "onyx", "pearl", "quartz", "raven", "sable", "tulip")
+
+
+def scaled_linear(T: int = 1000, beta_start: float = 0.00085, beta_end: float = 0.012) -> Schedule:  # noqa: N803
+    """Stable Diffusion's schedule: betas linear in square-root space, ``linspace(sqrt(b0), sqrt(b1), T)**2``."""
+    if int(T) != T or T < 2:
+        raise ValueError(f"T must be an integer >= 2, got {T}")
+    if not 0 < beta_start <= beta_end < 1:
+        raise ValueError(f"need 0 < beta_start <= beta_end < 1, got {beta_start}, {beta_end}")
+    return Schedule(torch.linspace(beta_start**0.5, beta_end**0.5, int(T), dtype=torch.float64) ** 2)
+
+
+@dataclass(frozen=True)
+class TestbedConfig:
+    """How the testbed is built (saved as ``testbed.json`` in its folder; a mismatch is refused)."""
+
+    n_memorized: int = 12
+    n_partial: int = 12
+    partial_size: int = 4  # images per partial caption (anchor + nearest neighbours)
+    n_generic: int = 20  # "scanner" captions, each over a random 1/n_generic of the unused images
+    width: int = 256
+    blocks: int = 3
+    steps: int = 8000
+    batch_size: int = 256
+    lr: float = 1e-3
+    cond_dropout: float = 0.1
+    scale: float = 2.0
+    T: int = 1000  # noqa: N815
+    beta_start: float = 0.00085
+    beta_end: float = 0.012
+    resume_every: int = 500
+    seed: int = 0
+
+    def validate(self) -> None:
+        if not 1 <= self.n_memorized <= len(_NAMES) or not 0 <= self.n_partial <= len(_NAMES):
+            raise ValueError(f"n_memorized must be in [1, {len(_NAMES)}] and n_partial in [0, {len(_NAMES)}], "
+                             f"got {self.n_memorized}, {self.n_partial}")
+        if not 1 <= self.n_generic <= len(_NAMES):
+            raise ValueError(f"n_generic must be in [1, {len(_NAMES)}], got {self.n_generic}")
+        if self.partial_size < 2:
+            raise ValueError(f"partial_size must be >= 2 (a partial caption binds a few near images), got {self.partial_size}")
+        for name in ("width", "blocks", "steps", "batch_size", "resume_every"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
+        if not 0 < self.cond_dropout < 1:
+            raise ValueError(f"cond_dropout must lie in (0, 1) (the unconditional branch needs training), got {self.cond_dropout}")
+        if not self.lr > 0 or not self.scale > 0:
+            raise ValueError(f"lr and scale must be positive, got {self.lr}, {self.scale}")
+
+    def schedule(self) -> Schedule:
+        return scaled_linear(self.T, self.beta_start, self.beta_end)
+
+
+@dataclass(frozen=True)
+class Caption:
+    text: str
+    label: str  # memorized | partial | normal
+    digit: int
+    images: tuple[int, ...]  # indices into the digits dataset; images[0] is the reference
+
+
+def testbed_captions(cfg: TestbedConfig, labels: np.ndarray, pixels: np.ndarray) -> list[Caption]:
+    """The captions and their images (deterministic given ``cfg.seed``)."""
+    rng = np.random.default_rng(cfg.seed)
+    n = len(labels)
+    order = rng.permutation(n)
+    used: set[int] = set()
+    caps: list[Caption] = []
+    # memorized: one image each, digits cycling 0..9
+    for i in range(cfg.n_memorized):
+        d = i % 10
+        idx = next(int(j) for j in order if labels[j] == d and int(j) not in used)
+        used.add(idx)
+        caps.append(Caption(f"exhibit {_NAMES[i]}: a handwritten {d}", "memorized", d, (idx,)))
+    # partial: an anchor and its nearest unused neighbours of the same digit
+    flat = pixels.reshape(n, -1)
+    for i in range(cfg.n_partial):
+        d = (i + 5) % 10
+        anchor = next(int(j) for j in order if labels[j] == d and int(j) not in used)
+        cand = np.array([j for j in range(n) if labels[j] == d and j not in used and j != anchor])
+        dist = ((flat[cand] - flat[anchor]) ** 2).sum(1)
+        near = [int(j) for j in cand[np.argsort(dist, kind="stable")[: cfg.partial_size - 1]]]
+        used.update([anchor, *near])
+        caps.append(Caption(f"a handwritten {d} from the {_NAMES[i]} collection", "partial", d, (anchor, *near)))
+    # normal: one caption per digit over every unused image of it, and "scanner" captions over a
+    # random partition of all unused images (mixed digits, so no digit is implied by the text)
+    rest = np.array([int(j) for j in order if int(j) not in used])
+    for d in range(10):
+        pool = tuple(sorted(int(j) for j in rest if labels[j] == d))
+        caps.append(Caption(f"a handwritten {d}", "normal", d, pool))
+    for i, grp in enumerate(np.array_split(rest, cfg.n_generic)):
+        caps.append(Caption(f"a handwritten digit from scanner {_NAMES[i]}", "normal", -1, tuple(sorted(int(j) for j in grp))))
+    return caps
+
+
+class DigitClassifier:
+    """Logistic regression on the 1797 digits (pixels in [0, 1]); deterministic, retrained on demand."""
+
+    def __init__(self) -> None:
+        from sklearn.datasets import load_digits
+        from sklearn.linear_model import LogisticRegression
+
+        d = load_digits()
+        self.clf = LogisticRegression(max_iter=3000, C=1.0).fit(d.data / 16.0, d.target)
+
+    def __call__(self, pixels: torch.Tensor) -> np.ndarray:
+        x = torch.as_tensor(pixels).detach().float().cpu().clamp(0, 1).reshape(len(pixels), -1).numpy()
+        if x.shape[1] != 64:
+            raise ValueError(f"the digit classifier reads 8x8 grayscale images, got {tuple(pixels.shape[1:])}")
+        return self.clf.predict(x.astype(np.float64))
+
+
+class TestbedModel:
+    """The trained testbed as a :class:`~diffmem.audit.protocol.GuidedModel` (plus ``fidelity``)."""
+
+    def __init__(self, net: ResidualMLP, cfg: TestbedConfig, captions: list[Caption], mean: torch.Tensor):
+        self.net = net.eval()
+        self.cfg = cfg
+        self.captions = captions
+        self.index = {c.text: i for i, c in enumerate(captions)}
+        self.mean = mean.to(torch.float32)
+        self.latent_shape = (1, 8, 8)
+        self.schedule = cfg.schedule()
+        self._classifier: Optional[DigitClassifier] = None
+
+    # -- GuidedModel
+    def caption_index(self, prompt: str) -> int:
+        if prompt not in self.index:
+            raise ValueError(f"the testbed knows no caption {prompt!r}; use one of the prompts returned by build_testbed")
+        return self.index[prompt]
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor, t: torch.Tensor, prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
+        c = self.caption_index(prompt)
+        s = x.shape[0]
+        cond = torch.cat([torch.full((s,), c, dtype=torch.long), torch.full((s,), len(self.captions), dtype=torch.long)])
+        eps = self.net(torch.cat([x, x]).float(), torch.cat([t, t]).float(), cond).to(x.dtype)
+        return eps[:s], eps[s:]
+
+    def encode(self, pixels: torch.Tensor) -> torch.Tensor:
+        return (torch.as_tensor(pixels, dtype=torch.float32) - self.mean) * self.cfg.scale
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        return (latents.float() / self.cfg.scale + self.mean).clamp(0, 1)
+
+    # -- extras used by the audit
+    def fidelity(self, prompt: str, pixels: torch.Tensor) -> np.ndarray:
+        """1.0 where the classifier reads the caption's digit in a sample, else 0.0 (shape (N,));
+        NaN for captions that name no digit (the scanner captions)."""
+        if self._classifier is None:
+            self._classifier = DigitClassifier()
+        digit = self.captions[self.caption_index(prompt)].digit
+        if digit < 0:  # a caption that names no digit: fidelity is undefined
+            return np.full(len(pixels), np.nan)
+        return (self._classifier(pixels) == digit).astype(np.float64)
+
+    def to_dict(self) -> dict:
+        return {"kind": "testbed", **to_dict(self.cfg), "captions": len(self.captions)}
+
+
+def _lr(cfg: TestbedConfig, step: int) -> float:
+    return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * (step - 1) / cfg.steps))
+
+
+def _train(cfg: TestbedConfig, folder: Path, net: ResidualMLP, caps: list[Caption], x_all: torch.Tensor, progress: bool) -> None:
+    from tqdm.auto import tqdm
+
+    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
+    gen = torch.Generator().manual_seed(cfg.seed + 1)
+    state_path = folder / "state.safetensors"
+    start = 0
+    if state_path.exists():
+        st, _ = _io.load_tensors(state_path)
+        net.load_state_dict({k[4:]: v for k, v in st.items() if k.startswith("net.")})
+        state: dict[int, dict] = {}
+        for k, v in st.items():
+            if k.startswith("opt."):
+                _, i, key = k.split(".", 2)
+                state.setdefault(int(i), {})[key] = v
+        opt.load_state_dict({"state": state, "param_groups": opt.state_dict()["param_groups"]})
+        gen.set_state(st["rng"])
+        start = int(st["step"])
+    ab = cfg.schedule().alphas_cumprod.to(torch.float32)
+    n_cap = len(caps)
+    sizes = torch.tensor([len(c.images) for c in caps])
+    table = torch.full((n_cap, int(sizes.max())), -1, dtype=torch.long)
+    for i, c in enumerate(caps):
+        table[i, : len(c.images)] = torch.tensor(c.images)
+    b = cfg.batch_size
+    net.train()
+    with tqdm(total=cfg.steps, initial=start, desc="testbed: train", disable=not progress, leave=False) as bar:
+        for step in range(start + 1, cfg.steps + 1):
+            ci = torch.randint(0, n_cap, (b,), generator=gen)
+            j = (torch.rand(b, generator=gen, dtype=torch.float64) * sizes[ci]).long()
+            x0 = x_all[table[ci, j]]
+            drop = torch.rand(b, generator=gen) < cfg.cond_dropout
+            cond = torch.where(drop, torch.full_like(ci, n_cap), ci)
+            k = torch.randint(1, cfg.T, (b,), generator=gen)
+            eps = torch.randn(x0.shape, generator=gen)
+            a = ab[k].reshape(-1, 1, 1, 1)
+            loss = ((net(a.sqrt() * x0 + (1 - a).sqrt() * eps, k.float(), cond) - eps) ** 2).mean()
+            for gr in opt.param_groups:
+                gr["lr"] = _lr(cfg, step)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if not math.isfinite(loss.item()):
+                raise FloatingPointError(f"testbed training diverged at step {step}; lower lr")
+            if step % cfg.resume_every == 0 or step == cfg.steps:
+                tens = {f"net.{k_}": v for k_, v in net.state_dict().items()}
+                for i, st_ in opt.state_dict()["state"].items():
+                    for key, val in st_.items():
+                        tens[f"opt.{i}.{key}"] = val if isinstance(val, torch.Tensor) else torch.tensor(val)
+                tens["rng"] = gen.get_state()
+                tens["step"] = torch.tensor(step)
+                _io.save_tensors(state_path, tens)
+            if step % 50 == 0:
+                bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
+                bar.update(50 if step - 50 >= start else step - start)
+    net.eval()
+
+
+def build_testbed(out_dir: str | Path, seed: int = 0, progress: bool = True, config: Optional[TestbedConfig] = None) -> tuple[TestbedModel, list[PromptSpec]]:
+    """Train the testbed in ``out_dir`` (or reuse/resume the one there) and return it with its prompts.
+
+    Files: ``testbed.json`` (the configuration), ``state.safetensors`` (training state for resume),
+    ``weights.safetensors`` (the final network), ``captions.json`` (captions, labels, image indices).
+    Training is single-threaded and deterministic given ``seed``.
+    """
+    import dataclasses
+
+    from ..data import digits
+
+    cfg = dataclasses.replace(config or TestbedConfig(), seed=int(seed))
+    cfg.validate()
+    folder = Path(out_dir)
+    claim_folder(folder, cfg, name="testbed.json")
+    imgs = digits().pixels  # (1797, 1, 8, 8) in [0, 1]
+    from sklearn.datasets import load_digits
+
+    labels = load_digits().target
+    caps = testbed_captions(cfg, labels, imgs.numpy())
+    mean = imgs.mean(0)
+    x_all = (imgs - mean) * cfg.scale
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        net = ResidualMLP((1, 8, 8), width=cfg.width, blocks=cfg.blocks, num_classes=len(caps))
+    weights = folder / "weights.safetensors"
+    t0 = time.time()
+    if weights.exists():
+        net.load_state_dict(_io.load_tensors(weights)[0])
+    else:
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # small MLPs are fastest single-threaded (SCIENCE.md section 6)
+        try:
+            _train(cfg, folder, net, caps, x_all, progress)
+        finally:
+            torch.set_num_threads(threads)
+        _io.save_tensors(weights, net.state_dict(), {"seconds": f"{time.time() - t0:.1f}"})
+        _io.write_json(folder / "captions.json", [dataclasses.asdict(c) for c in caps])
+    model = TestbedModel(net, cfg, caps, mean)
+    specs = [PromptSpec(c.text, imgs[c.images[0]], c.label, key=f"{c.label}_{i:02d}") for i, c in enumerate(caps)]
+    return model, specs
