@@ -224,6 +224,8 @@ def bootstrap_ci(fn, a: np.ndarray, b: np.ndarray, n_boot: int, rng: np.random.G
 def correlations(stats: dict[str, Sequence[float]], severity: Sequence[float], n_boot: int = 1000, seed: int = 0) -> dict[str, dict]:
     """Pearson and Spearman correlation of every statistic with severity across prompts, with
     bootstrap 95% intervals (resampling prompts; scipy.stats for the point estimates)."""
+    import warnings
+
     from scipy import stats as st
 
     sev = np.asarray(severity, dtype=np.float64)
@@ -238,11 +240,14 @@ def correlations(stats: dict[str, Sequence[float]], severity: Sequence[float], n
         rng = np.random.default_rng(seed)
         pr = lambda u, w: float(st.pearsonr(u, w)[0])  # noqa: E731
         sr = lambda u, w: float(st.spearmanr(u, w)[0])  # noqa: E731
-        out[name] = {
-            "n": int(len(a)),
-            "pearson": pr(a, b),
-            "pearson_ci": list(bootstrap_ci(pr, a, b, n_boot, rng)),
-            "spearman": sr(a, b),
-            "spearman_ci": list(bootstrap_ci(sr, a, b, n_boot, rng)),
-        }
+        with warnings.catch_warnings():  # bootstrap resamples may repeat one prompt many times
+            warnings.simplefilter("ignore", RuntimeWarning)
+            warnings.filterwarnings("ignore", message=".*constant.*")
+            out[name] = {
+                "n": int(len(a)),
+                "pearson": pr(a, b),
+                "pearson_ci": list(bootstrap_ci(pr, a, b, n_boot, rng)),
+                "spearman": sr(a, b),
+                "spearman_ci": list(bootstrap_ci(sr, a, b, n_boot, rng)),
+            }
     return out

@@ -203,7 +203,7 @@ def run_audit(model: GuidedModel, specs: list[PromptSpec], cfg: AuditConfig, out
                 raise ValueError(f"{path} holds prompt {rec.get('prompt')!r} (label {rec.get('label')!r}) but key {spec.key!r} now names "
                                  f"{spec.prompt!r} (label {spec.label!r}); give prompts stable unique keys or use a new --out folder")
         else:
-            rec = _audit_prompt(model, spec, cfg, ks, seeds, severity, out)
+            rec = _io.jsonable(_audit_prompt(model, spec, cfg, ks, seeds, severity, out))  # as read back on resume
             _io.write_json(path, rec)
             computed += 1
         prompts.append(rec)
@@ -247,6 +247,7 @@ def _aggregate(prompts: list[dict], cfg: AuditConfig, out: Path, model: GuidedMo
         "figures_s": now - t_fig,
         "wall_s": now - t_start,
     }
+    res = _io.jsonable(res)
     _io.write_json(out / "audit.json", res)
     return res
 

@@ -1,0 +1,461 @@
+"""Guided-sampling audit: planted analytic models with known answers, brute-force references,
+resume, bad input, and a tiny end-to-end run of ``diffmem audit --model testbed``."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from diffmem.audit import analysis
+from diffmem.audit.detectors import detector_costs, roc_table, tpr_at_fpr
+from diffmem.audit.mitigation import guidance_schedule, mitigation_table
+from diffmem.audit.protocol import GuidedModel, PromptSpec
+from diffmem.audit.recorder import Trajectory, prompt_seeds, record
+from diffmem.audit.run import AuditConfig, run_audit
+from diffmem.audit.severity import PixelCosine
+from diffmem.audit.testbed import scaled_linear
+from diffmem.sampling import ddim, guided, randn_per_sample, timesteps
+
+SHAPE = (1, 4, 4)
+
+
+class Planted:
+    """An analytic GuidedModel: x0_hat_u = mu (= 0) for every prompt; x0_hat_c = the prompt's image
+    x exactly for "memorized" prompts and = mu for the others. Then x0_hat(c; g) = mu + g (x - mu)."""
+
+    def __init__(self, images: dict[str, torch.Tensor], memorized: set[str]):
+        self.latent_shape = SHAPE
+        self.schedule = scaled_linear()
+        self.targets = {p: self.encode(img[None])[0].double() for p, img in images.items()}
+        self.memorized = memorized
+        self.calls: list[tuple[str, int]] = []
+
+    def _eps(self, x, t, x0):
+        ab = self.schedule.alphas_cumprod[t.long()].reshape(-1, *([1] * len(SHAPE)))
+        return ((x.double() - ab.sqrt() * x0) / (1 - ab).sqrt()).to(x.dtype)
+
+    def predict(self, x, t, prompt):
+        self.calls.append((prompt, x.shape[0]))
+        eps_u = self._eps(x, t, torch.zeros(SHAPE, dtype=torch.float64))
+        eps_c = self._eps(x, t, self.targets[prompt]) if prompt in self.memorized else eps_u.clone()
+        return eps_c, eps_u
+
+    def encode(self, pixels):
+        return pixels.float() * 2 - 1
+
+    def decode(self, latents):
+        return ((latents.float() + 1) / 2).clamp(0, 1)
+
+
+def _images(n, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.rand(SHAPE, generator=g) for _ in range(n)]
+
+
+def _specs(n_mem=3, n_norm=3, n_part=0):
+    imgs = _images(n_mem + n_norm + n_part)
+    specs = [PromptSpec(f"memorized prompt {i}", imgs[i], "memorized", key=f"m{i}") for i in range(n_mem)]
+    specs += [PromptSpec(f"normal prompt {i}", imgs[n_mem + i], "normal", key=f"n{i}") for i in range(n_norm)]
+    specs += [PromptSpec(f"partial prompt {i}", imgs[n_mem + n_norm + i], "partial", key=f"p{i}") for i in range(n_part)]
+    model = Planted({s.prompt: s.image for s in specs}, {s.prompt for s in specs if s.label != "normal"})
+    return model, specs
+
+
+def test_planted_model_is_a_guided_model():
+    model, _ = _specs(1, 1)
+    assert isinstance(model, GuidedModel)
+
+
+# ------------------------------------------------------------------------------------- recorder
+def test_record_matches_ddim_with_cfg_and_calls_model_once_per_step():
+    model, specs = _specs(1, 0)
+    p = specs[0].prompt
+    ks = timesteps(model.schedule, 10)
+    seeds = [3, 4, 5]
+    traj = record(model, p, seeds, ks, guidance=7.5)
+    assert model.calls == [(p, 3)] * 10  # one batched call (both branches) per step
+    cond = lambda x, t: model.predict(x, t, p)[0]  # noqa: E731
+    unc = lambda x, t: model.predict(x, t, p)[1]  # noqa: E731
+    ref = ddim(guided(cond, unc, 7.5), randn_per_sample(seeds, SHAPE), model.schedule, ks=ks)
+    torch.testing.assert_close(traj.x_final, ref)
+    torch.testing.assert_close(traj.x_T, randn_per_sample(seeds, SHAPE))
+    assert traj.x.shape == (10, 3, *SHAPE) and traj.ks.tolist() == ks
+    ab = model.schedule.alphas_cumprod[ks]
+    torch.testing.assert_close(traj.alpha_bar, ab)
+    # the three x0 estimates are the exact planted ones
+    x = model.targets[p]
+    torch.testing.assert_close(traj.x0_c(), x.expand_as(traj.x0_c()), atol=2e-4, rtol=0)
+    torch.testing.assert_close(traj.x0_u(), torch.zeros_like(traj.x0_u()), atol=2e-4, rtol=0)
+    torch.testing.assert_close(traj.x0_g(), (7.5 * x).expand_as(traj.x0_g()), atol=2e-3, rtol=0)
+
+
+def test_trajectory_round_trip_on_disk(tmp_path):
+    model, specs = _specs(1, 0)
+    traj = record(model, specs[0].prompt, [0, 1], timesteps(model.schedule, 5), 3.0, path=tmp_path / "t.safetensors")
+    back = Trajectory.load(tmp_path / "t.safetensors")
+    for k in Trajectory._KEYS:
+        torch.testing.assert_close(getattr(back, k), getattr(traj, k))
+    assert back.prompt == specs[0].prompt
+    with pytest.raises(FileNotFoundError):
+        Trajectory.load(tmp_path / "missing.safetensors")
+
+
+# ------------------------------------------------------------------------------------- analyses
+def test_overestimation_equals_g_when_memorized_and_zero_otherwise():
+    model, specs = _specs(1, 1)
+    ks = timesteps(model.schedule, 20)
+    for g in (1.0, 3.0, 7.5):
+        for spec, want in ((specs[0], g), (specs[1], 0.0)):
+            traj = record(model, spec.prompt, [0, 1, 2, 3], ks, g)
+            x = model.encode(spec.image[None])[0].double()
+            for first in (1, 3):
+                a = analysis.overestimation(traj.x0_g()[:first], traj.x0_u()[:first], x)
+                assert a == pytest.approx(want, abs=1e-3 * max(1.0, g))
+
+
+def test_overestimation_least_squares_against_numpy():
+    rng = np.random.default_rng(1)
+    x0g, mu, x = rng.normal(size=(2, 5, 7)), rng.normal(size=(2, 5, 7)), rng.normal(size=7)
+    A = (x[None, None] - mu).reshape(-1, 1)  # noqa: N806
+    b = (x0g - mu).reshape(-1)
+    want = np.linalg.lstsq(A, b, rcond=None)[0][0]
+    assert analysis.overestimation(torch.tensor(x0g), torch.tensor(mu), torch.tensor(x)) == pytest.approx(want, rel=1e-12)
+
+
+def test_loss_identity_and_cfg_loss_of_a_memorizer():
+    model, specs = _specs(1, 0)
+    p = specs[0].prompt
+    ks = timesteps(model.schedule, 10)
+    g = 7.5
+    traj = record(model, p, [0, 1, 2], ks, g)
+    x = model.targets[p]
+    ab = traj.alpha_bar.numpy()
+    lg = analysis.trajectory_loss(traj.x, traj.eps_g(), x, ab)
+    lc = analysis.trajectory_loss(traj.x, traj.eps_c, x, ab)
+    # loss = ab/(1-ab) |x0_hat - x|^2 (mean over coordinates and seeds)
+    via_x0 = ab / (1 - ab) * ((traj.x0_g() - x) ** 2).flatten(2).mean(-1).mean(-1).numpy()
+    np.testing.assert_allclose(lg, via_x0, rtol=1e-6)
+    # the memorizer's conditional branch is exact (loss 0); guidance overestimates by g:
+    # x0_g - x = (g - 1) x  =>  loss_g = ab/(1-ab) (g-1)^2 mean(x^2)
+    np.testing.assert_allclose(lc, 0.0, atol=1e-6)
+    np.testing.assert_allclose(lg, ab / (1 - ab) * (g - 1) ** 2 * float((x**2).mean()), rtol=2e-3)
+
+
+def test_decompose_matches_brute_force_lstsq():
+    rng = np.random.default_rng(0)
+    steps, S, d = 4, 3, 10  # noqa: N806
+    x, xT = rng.normal(size=d), rng.normal(size=(S, d))
+    w0, wT = rng.normal(size=(steps, S)), rng.normal(size=(steps, S))  # noqa: N806
+    xs = w0[..., None] * x + wT[..., None] * xT + 0.1 * rng.normal(size=(steps, S, d))
+    a0, aT, rmse = analysis.decompose(torch.tensor(xs), torch.tensor(x), torch.tensor(xT))
+    for i in range(steps):
+        for s in range(S):
+            A = np.stack([x, xT[s]], 1)  # noqa: N806
+            coef, *_ = np.linalg.lstsq(A, xs[i, s], rcond=None)
+            assert a0[i, s] == pytest.approx(coef[0], rel=1e-9, abs=1e-12)
+            assert aT[i, s] == pytest.approx(coef[1], rel=1e-9, abs=1e-12)
+            assert rmse[i, s] == pytest.approx(np.sqrt(np.mean((xs[i, s] - A @ coef) ** 2)), rel=1e-9)
+    # exact planted weights, no residual
+    b0, bT, r = analysis.decompose(torch.tensor(w0[..., None] * x + wT[..., None] * xT), torch.tensor(x), torch.tensor(xT))
+    np.testing.assert_allclose(b0, w0, rtol=1e-10)
+    np.testing.assert_allclose(bT, wT, rtol=1e-10)
+    np.testing.assert_allclose(r, 0, atol=1e-10)
+
+
+def test_deviations_vanish_on_the_theoretical_schedule():
+    sched = scaled_linear()
+    ks = timesteps(sched, 25)
+    ab = sched.alphas_cumprod[ks].numpy()
+    rng = np.random.default_rng(2)
+    x, xT = rng.normal(size=(1, 4, 4)), rng.normal(size=(5, 1, 4, 4))
+    xs = np.sqrt(ab)[:, None, None, None, None] * x + np.sqrt(1 - ab)[:, None, None, None, None] * xT[None]
+    w0, wT, rmse = analysis.decompose(torch.tensor(xs), torch.tensor(x), torch.tensor(xT))  # noqa: N806
+    d1, d2 = analysis.deviations(w0, wT, ab)
+    assert d1 == pytest.approx(0, abs=1e-10) and d2 == pytest.approx(0, abs=1e-10)
+    # shifting w0 up by 0.1 at every step gives D1 = 0.1 * steps
+    d1, d2 = analysis.deviations(w0 + 0.1, wT - 0.2, ab)
+    assert d1 == pytest.approx(0.1 * len(ks)) and d2 == pytest.approx(0.2 * len(ks))
+
+
+def test_decomposition_of_a_memorizer_follows_the_unrolled_ddim_coefficients():
+    # conditional-only sampling of an exact memorizer keeps eps fixed at its first value, so
+    # x_k = sqrt(ab_k) x + sqrt(1-ab_k) (x_T - sqrt(ab_0) x)/sqrt(1-ab_0) exactly
+    model, specs = _specs(1, 0)
+    p = specs[0].prompt
+    ks = timesteps(model.schedule, 12)
+    traj = record(model, p, [7, 8], ks, 1.0)
+    x = model.targets[p]
+    w0, wT, rmse = analysis.decompose(traj.x, x, traj.x_T)  # noqa: N806
+    ab = traj.alpha_bar.numpy()
+    want0 = np.sqrt(ab) - np.sqrt(1 - ab) * np.sqrt(ab[0]) / np.sqrt(1 - ab[0])
+    wantT = np.sqrt(1 - ab) / np.sqrt(1 - ab[0])  # noqa: N806
+    np.testing.assert_allclose(w0, np.repeat(want0[:, None], 2, 1), atol=1e-5)
+    np.testing.assert_allclose(wT, np.repeat(wantT[:, None], 2, 1), atol=1e-5)
+    assert rmse.max() < 1e-5
+
+
+def test_pairwise_distance_and_cosine_against_brute_force():
+    rng = np.random.default_rng(3)
+    xs = rng.normal(size=(3, 5, 2, 3))
+    got = analysis.pairwise_distance(torch.tensor(xs))
+    for t in range(3):
+        flat = xs[t].reshape(5, -1)
+        want = np.mean([np.linalg.norm(flat[i] - flat[j]) / np.sqrt(6) for i in range(5) for j in range(i + 1, 5)])
+        assert got[t] == pytest.approx(want, rel=1e-10)
+    flat = xs[0].reshape(5, -1)
+    want = np.mean([flat[i] @ flat[j] / np.linalg.norm(flat[i]) / np.linalg.norm(flat[j]) for i in range(5) for j in range(i + 1, 5)])
+    assert analysis.pairwise_cosine(torch.tensor(xs[0])) == pytest.approx(want, rel=1e-10)
+    with pytest.raises(ValueError, match="2 seeds"):
+        analysis.pairwise_distance(torch.zeros(2, 1, 4))
+    assert analysis.convergence(np.array([2.0, 1.0, 0.5]), 2) == pytest.approx(0.75)
+
+
+def test_cosines_of_planted_noise_predictions():
+    x = torch.tensor([1.0, 0.0, 0.0])
+    xT = torch.tensor([[0.0, 1.0, 0.0]])  # noqa: N806
+    eps_c = torch.tensor([[[1.0, 1.0, 0.0]]])
+    eps_u = torch.tensor([[[0.0, -1.0, 0.0]]])
+    c = analysis.cosine_curves(eps_c, eps_u, x, xT)
+    assert c["cos_epsc_x"][0] == pytest.approx(1 / math.sqrt(2))
+    assert c["cos_epsu_x"][0] == pytest.approx(0.0)
+    assert c["cos_epsc_xT"][0] == pytest.approx(1 / math.sqrt(2))
+    assert c["cos_epsu_xT"][0] == pytest.approx(-1.0)
+
+
+def test_correlations_match_scipy():
+    from scipy import stats
+
+    rng = np.random.default_rng(4)
+    a = rng.normal(size=30)
+    b = 0.7 * a + rng.normal(size=30)
+    out = analysis.correlations({"s": a, "const": np.ones(30)}, b, n_boot=200, seed=1)
+    assert out["s"]["pearson"] == pytest.approx(stats.pearsonr(a, b)[0], rel=1e-12)
+    assert out["s"]["spearman"] == pytest.approx(stats.spearmanr(a, b)[0], rel=1e-12)
+    lo, hi = out["s"]["pearson_ci"]
+    assert lo < out["s"]["pearson"] < hi
+    assert out["const"]["pearson"] is None
+    assert analysis.correlations({"s": a}, b, n_boot=200, seed=1) == {"s": out["s"]}  # seeded
+
+
+# ------------------------------------------------------------------------------------- detectors
+def test_roc_table_against_sklearn_and_brute_force_tpr():
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(5)
+    labels = ["memorized"] * 20 + ["normal"] * 150 + ["partial"] * 10
+    s = np.concatenate([rng.normal(2, 1, 20), rng.normal(0, 1, 150), rng.normal(1, 1, 10)])
+    s[3] = s[40]  # a tie across classes
+    t = roc_table({"d": s}, labels)["d"]
+    y = np.array([1] * 20 + [0] * 150)
+    assert t["auroc"] == pytest.approx(roc_auc_score(y, s[:170]))
+    assert (t["n_pos"], t["n_neg"]) == (20, 150)
+    # brute force: best TPR over thresholds with at most 1% false positives
+    best = 0.0
+    for thr in np.unique(s[:170]):
+        pred = s[:170] >= thr
+        if pred[20:].mean() <= 0.01:
+            best = max(best, pred[:20].mean())
+    assert t["tpr_at_1fpr"] == pytest.approx(best)
+    assert tpr_at_fpr(y, s[:170]) == pytest.approx(best)
+    t2 = roc_table({"d": s}, labels, positive=("memorized", "partial"))["d"]
+    assert t2["n_pos"] == 30
+    assert roc_table({"d": s[:20]}, labels[:20])["d"]["auroc"] is None  # no negatives
+    assert detector_costs(50, 8, 1, 50) == {"wen_first": 16, "wen_mean": 800, "seed_collapse": 16, "convergence": 800,
+                                           "overestimation_a": 16, "D1": 800, "D2": 800}
+
+
+# ------------------------------------------------------------------------------------- severity, mitigation
+def test_pixel_cosine_is_pearson_correlation_of_pixels():
+    rng = np.random.default_rng(6)
+    ref = torch.tensor(rng.random((1, 8, 8)))
+    gen = torch.tensor(rng.random((3, 1, 8, 8)))
+    gen[0] = 0.5 * ref + 0.2  # brightness/contrast change of the reference
+    sev = PixelCosine()(gen, ref)
+    for i in range(3):
+        assert sev[i] == pytest.approx(np.corrcoef(gen[i].reshape(-1), ref.reshape(-1))[0, 1], rel=1e-9)
+    assert sev[0] == pytest.approx(1.0)
+    # RGB generated vs grayscale reference at another size: grayscale + resize
+    rgb = ref.repeat(3, 1, 1).float().repeat_interleave(2, -1).repeat_interleave(2, -2)[None]
+    assert PixelCosine()(rgb, ref)[0] > 0.9
+    with pytest.raises(ValueError):
+        PixelCosine(threshold=2.0)
+
+
+def test_guidance_schedules_and_mitigation_table():
+    assert guidance_schedule("constant", 7.5, 4) == [7.5] * 4
+    assert guidance_schedule("conditional_only", 7.5, 3) == [1.0] * 3
+    assert guidance_schedule("no_early_guidance", 7.5, 5, 2, 0.0) == [0.0, 0.0, 7.5, 7.5, 7.5]
+    assert guidance_schedule("negative_early_guidance", 7.5, 3, 1, -1.0) == [-1.0, 7.5, 7.5]
+    with pytest.raises(ValueError):
+        guidance_schedule("bogus", 7.5, 3)
+    with pytest.raises(ValueError):
+        guidance_schedule("constant", 7.5, 3, 4)
+    prompts = [
+        {"label": "memorized", "mitigation": {"constant": {"severity": [1.0, 0.8], "fidelity": [1.0, 0.0]}}},
+        {"label": "normal", "mitigation": {"constant": {"severity": [0.2, 0.4], "fidelity": [float("nan")] * 2}}},
+    ]
+    t = mitigation_table(prompts, 0.9)["constant"]
+    assert t["memorized"] == {"prompts": 1, "severity": pytest.approx(0.9), "copy_rate": 0.5, "fidelity": 0.5}
+    assert t["normal"]["fidelity"] is None and t["all"]["severity"] == pytest.approx(0.6)
+
+
+# ------------------------------------------------------------------------------------- run_audit
+def _small_cfg(**kw):
+    return AuditConfig(**{"steps": 6, "seeds": 3, "n_boot": 50, **kw})
+
+
+def _strip(res):
+    res = json.loads(json.dumps(res))
+    res.pop("timings")
+    for p in res["prompts"]:
+        p.pop("seconds")
+    return res
+
+
+def test_run_audit_on_planted_models(tmp_path):
+    model, specs = _specs(3, 3, 2)
+    res = run_audit(model, specs, _small_cfg(), tmp_path / "a", progress=False)
+    by = {p["key"]: p for p in res["prompts"]}
+    for k in ("m0", "m1", "m2"):
+        assert by[k]["overestimation_a"] == pytest.approx(7.5, rel=1e-3)
+        assert by[k]["severity"] > 0.8  # guided x0 = 7.5 x, clamped to [0, 1]: the same pattern, saturated
+        assert by[k]["final_distance"] < 1e-3  # every seed lands on the same sample
+    for k in ("n0", "n1", "n2"):
+        assert by[k]["overestimation_a"] == pytest.approx(0.0, abs=1e-4)
+        assert by[k]["severity"] == 0.0  # x0 = mu = mid-gray: no pattern at all
+    assert res["detectors"]["overestimation_a"]["auroc"] == 1.0
+    assert res["detectors"]["overestimation_a"]["n_pos"] == 3 and res["detectors_with_partial"]["D1"]["n_pos"] == 5
+    assert set(res["mitigation"]) == {"constant", "conditional_only", "no_early_guidance", "negative_early_guidance"}
+    for f in ("audit.json", "report.html", "figures/roc.png", "figures/decomposition.png", "figures/mitigation.png", "prompts/m0.json",
+              "trajectories/m0.safetensors", "audit_config.json"):
+        assert (tmp_path / "a" / f).is_file(), f
+    html = (tmp_path / "a" / "report.html").read_text()
+    assert "data:image/png;base64," in html
+    assert json.loads((tmp_path / "a" / "audit.json").read_text())["summary"]["memorized"]["prompts"] == 3
+
+
+class _Interrupt(Exception):
+    pass
+
+
+class _Breaking:
+    """Wraps a model and raises once ``limit`` prompts have started."""
+
+    def __init__(self, model, limit):
+        self.m, self.limit, self.seen = model, limit, []
+        self.latent_shape, self.schedule = model.latent_shape, model.schedule
+
+    def predict(self, x, t, prompt):
+        if prompt not in self.seen:
+            self.seen.append(prompt)
+        if len(self.seen) > self.limit:
+            raise _Interrupt
+        return self.m.predict(x, t, prompt)
+
+    def encode(self, p):
+        return self.m.encode(p)
+
+    def decode(self, z):
+        return self.m.decode(z)
+
+
+def test_resume_after_interruption_gives_the_same_results(tmp_path):
+    model, specs = _specs(3, 3)
+    cfg = _small_cfg()
+    full = run_audit(model, specs, cfg, tmp_path / "full", progress=False)
+    broken = _Breaking(model, 2)
+    broken.to_dict = lambda: {"kind": "Planted"}
+    model.to_dict = lambda: {"kind": "Planted"}
+    with pytest.raises(_Interrupt):
+        run_audit(broken, specs, cfg, tmp_path / "resume", progress=False)
+    assert sorted(p.name for p in (tmp_path / "resume" / "prompts").glob("*.json")) == ["m0.json", "m1.json"]
+    model.calls.clear()
+    res = run_audit(model, specs, cfg, tmp_path / "resume", progress=False)
+    assert {p for p, _ in model.calls} == {s.prompt for s in specs[2:]}  # finished prompts not recomputed
+    assert res["timings"]["prompts_reused"] == 2 and res["timings"]["prompts_computed"] == 4
+    a, b = _strip(full), _strip(res)
+    a["model"], b["model"] = {}, {}
+    assert a == b
+
+
+def test_bad_input_is_refused(tmp_path):
+    model, specs = _specs(1, 1)
+    with pytest.raises(ValueError, match="no prompts"):
+        run_audit(model, [], _small_cfg(), tmp_path / "x", progress=False)
+    for bad in ({"guidance": -1.0}, {"guidance": 51.0}, {"steps": 0}, {"steps": 1001}, {"seeds": 1}, {"first_steps": 7},
+                {"mitigation_transition": 1.5}):
+        with pytest.raises(ValueError):
+            run_audit(model, specs, _small_cfg(**bad), tmp_path / "x", progress=False)
+    with pytest.raises(ValueError, match="unique"):
+        run_audit(model, [specs[0], specs[0]], _small_cfg(), tmp_path / "x", progress=False)
+    run_audit(model, specs, _small_cfg(mitigation=False), tmp_path / "y", progress=False)
+    with pytest.raises(ValueError, match="another configuration"):
+        run_audit(model, specs, _small_cfg(mitigation=False, guidance=5.0), tmp_path / "y", progress=False)
+    renamed = [PromptSpec("another prompt", specs[0].image, "memorized", key=specs[0].key)]
+    model.targets["another prompt"] = model.targets[specs[0].prompt]
+    with pytest.raises(ValueError, match="stable unique keys"):
+        run_audit(model, renamed, _small_cfg(mitigation=False), tmp_path / "y", progress=False)
+
+
+# ------------------------------------------------------------------------------------- CLI + testbed
+def test_cli_dry_run_and_errors(capsys):
+    from diffmem.cli import main
+
+    assert main(["audit", "--dry-run", "--steps", "20", "--guidance", "3"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["audit"]["steps"] == 20 and plan["audit"]["guidance"] == 3.0 and plan["model"] == "testbed"
+    assert plan["testbed"]["steps"] > 0
+    assert main(["audit", "--dry-run", "--guidance", "-1"]) == 2
+    assert "guidance" in capsys.readouterr().err
+    assert main(["audit", "--dry-run", "--steps", "0"]) == 2
+    assert main(["audit", "--model", "/no/such/folder", "--manifest", "m.csv", "--out", "/tmp/unused"]) == 2
+    assert "not a folder" in capsys.readouterr().err
+
+
+def test_cli_end_to_end_on_a_tiny_testbed(tmp_path, capsys):
+    from diffmem.cli import main
+
+    args = ["audit", "--out", str(tmp_path), "--testbed-steps", "60", "--testbed-width", "32", "--steps", "4", "--seeds", "2",
+            "--n-boot", "20", "--quiet"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    for text in ("per label", "AUROC", "TPR@1%FPR", "Pearson", "mitigation", "wall time"):
+        assert text in out
+    res = json.loads((tmp_path / "audit.json").read_text())
+    assert [res["summary"][k]["prompts"] for k in ("memorized", "partial", "normal")] == [12, 12, 30]
+    assert (tmp_path / "report.html").is_file() and (tmp_path / "testbed" / "weights.safetensors").is_file()
+    # a second run reuses the testbed and every prompt
+    assert main(args) == 0
+    assert "0 prompts computed, 54 reused" in capsys.readouterr().out
+
+
+def test_testbed_is_deterministic_and_reused(tmp_path):
+    from diffmem.audit.testbed import TestbedConfig, build_testbed
+
+    cfg = TestbedConfig(steps=20, width=16, resume_every=10)
+    m1, specs = build_testbed(tmp_path / "a", seed=3, progress=False, config=cfg)
+    m2, _ = build_testbed(tmp_path / "b", seed=3, progress=False, config=cfg)
+    for k, v in m1.net.state_dict().items():
+        torch.testing.assert_close(v, m2.net.state_dict()[k], rtol=0, atol=0)
+    m3, specs3 = build_testbed(tmp_path / "a", seed=3, progress=False, config=cfg)  # reuse
+    assert [s.prompt for s in specs3] == [s.prompt for s in specs]
+    labels = [s.label for s in specs]
+    assert labels.count("memorized") == 12 and labels.count("partial") == 12 and labels.count("normal") == 30
+    assert len({s.key for s in specs}) == len(specs)
+    # memorized and partial captions own their images; the reference is the caption's first image
+    caps = m1.captions
+    owned = [i for c in caps if c.label != "normal" for i in c.images]
+    assert len(owned) == len(set(owned))
+    x = torch.randn(4, *m1.latent_shape)
+    ec, eu = m1.predict(x, torch.full((4,), 500.0), specs[0].prompt)
+    assert ec.shape == eu.shape == x.shape and not torch.allclose(ec, eu)
+    torch.testing.assert_close(m1.decode(m1.encode(specs[0].image[None])), specs[0].image[None], atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match="knows no caption"):
+        m1.predict(x, torch.zeros(4), "not a caption")
+    with pytest.raises(ValueError, match="another configuration"):
+        build_testbed(tmp_path / "a", seed=4, progress=False, config=cfg)
+    assert prompt_seeds(0, 3) == [0, 1, 2] and prompt_seeds(1, 2) == [100003, 100004]
