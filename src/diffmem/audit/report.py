@@ -48,12 +48,20 @@ def audit_figures(res: dict, prompts: list[dict], folder: str | Path) -> dict[st
     ax.legend(fontsize=7)
     out["loss"] = _save(fig, folder / "loss.png")
 
-    fig, ax = plt.subplots(figsize=(6.5, 4))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    summ = res.get("summary", {})
     for lab, c in curves.items():
-        ax.plot(i, c["seed_distance"], color=_COLORS.get(lab), label=lab)
-    ax.set(xlabel="sampling step", ylabel="mean pairwise RMS distance of x_k", title="Do trajectories of different seeds converge?")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+        d = np.asarray(c["seed_distance"])
+        axes[0].plot(i, d, color=_COLORS.get(lab), label=lab)
+        fin = (summ.get(lab) or {}).get("final_distance")
+        if fin is not None:
+            axes[0].plot([len(i)], [fin], "o", color=_COLORS.get(lab))
+        axes[1].plot(i, d / np.sqrt(1 - ab), color=_COLORS.get(lab), label=lab)
+    axes[0].set(xlabel="sampling step (dot: final sample)", ylabel="mean pairwise RMS distance of x_k", title="Do trajectories of different seeds converge?")
+    axes[1].set(xlabel="sampling step", ylabel="distance / sqrt(1-ᾱ_k)", yscale="log", title="Seed distance relative to the noise the schedule keeps")
+    for a in axes:
+        a.grid(alpha=0.3)
+        a.legend(fontsize=8)
     out["seed_distance"] = _save(fig, folder / "seed_distance.png")
 
     fig, ax = plt.subplots(figsize=(6.5, 4))
