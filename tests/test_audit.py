@@ -459,3 +459,25 @@ def test_testbed_is_deterministic_and_reused(tmp_path):
     with pytest.raises(ValueError, match="another configuration"):
         build_testbed(tmp_path / "a", seed=4, progress=False, config=cfg)
     assert prompt_seeds(0, 3) == [0, 1, 2] and prompt_seeds(1, 2) == [100003, 100004]
+
+
+def test_testbed_training_resumes_exactly(tmp_path, monkeypatch):
+    from diffmem.audit import testbed
+
+    cfg = testbed.TestbedConfig(steps=30, width=16, resume_every=10)
+    ref, _ = testbed.build_testbed(tmp_path / "ref", progress=False, config=cfg)
+    real_lr = testbed._lr
+
+    def breaking_lr(c, step):
+        if step == 25:
+            raise KeyboardInterrupt
+        return real_lr(c, step)
+
+    monkeypatch.setattr(testbed, "_lr", breaking_lr)
+    with pytest.raises(KeyboardInterrupt):
+        testbed.build_testbed(tmp_path / "cut", progress=False, config=cfg)
+    assert not (tmp_path / "cut" / "weights.safetensors").exists() and (tmp_path / "cut" / "state.safetensors").exists()
+    monkeypatch.setattr(testbed, "_lr", real_lr)
+    resumed, _ = testbed.build_testbed(tmp_path / "cut", progress=False, config=cfg)
+    for k, v in ref.net.state_dict().items():
+        torch.testing.assert_close(resumed.net.state_dict()[k], v, rtol=0, atol=0)
