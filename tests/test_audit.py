@@ -224,6 +224,7 @@ def test_cosines_of_planted_noise_predictions():
     assert c["cos_epsu_x"][0] == pytest.approx(0.0)
     assert c["cos_epsc_xT"][0] == pytest.approx(1 / math.sqrt(2))
     assert c["cos_epsu_xT"][0] == pytest.approx(-1.0)
+    assert c["cos_guidance_x"][0] == pytest.approx(-1 / math.sqrt(5))  # eps_u - eps_c = (-1, -2, 0)
 
 
 def test_correlations_match_scipy():

@@ -14,7 +14,8 @@ latents flattened to d numbers. ``x`` is the prompt's training image in the mode
   ``a = argmin_a sum_{seeds, i < first} |(x0_g - mu) - a (x - mu)|^2 = sum <x0_g - mu, x - mu> / sum |x - mu|^2``
   with mu = x0_u (the unconditional estimate of the same seed and step).
 - Cosines (:func:`cosine_curves`): cos(eps_c, x), cos(eps_u, x), cos(eps_c, x_T), cos(eps_u, x_T) per
-  step, averaged over seeds (signed; eps carries x with a negative sign).
+  step, averaged over seeds (signed; eps carries x with a negative sign), and cos(eps_u - eps_c, x):
+  the direction guidance adds, which equals sqrt(ab/(1-ab)) (x0_c - x0_u).
 - Seed distances (:func:`pairwise_distance`): mean over seed pairs of the RMS distance
   ``|x^a - x^b| / sqrt(d)`` per step; convergence = 1 - distance at a chosen step (default: the
   final samples) / distance at x_T.
@@ -75,7 +76,8 @@ def _cos(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def cosine_curves(eps_c, eps_u, x, x_T) -> dict[str, np.ndarray]:  # noqa: N803
-    """Per-step mean over seeds of cos(eps_c|eps_u, x|x_T); eps: (steps, S, ...), x: (...), x_T: (S, ...)."""
+    """Per-step mean over seeds of cos(eps_c|eps_u, x|x_T), and of cos(eps_u - eps_c, x) (the guidance
+    direction, proportional to x0_c - x0_u); eps: (steps, S, ...), x: (...), x_T: (S, ...)."""
     C, U = _flat(eps_c, 2), _flat(eps_u, 2)  # noqa: N806
     xv = _flat(x, 0).reshape(1, 1, -1)
     xT = _flat(x_T, 1)[None]  # noqa: N806
@@ -84,6 +86,7 @@ def cosine_curves(eps_c, eps_u, x, x_T) -> dict[str, np.ndarray]:  # noqa: N803
         "cos_epsu_x": _cos(U, np.broadcast_to(xv, U.shape)).mean(1),
         "cos_epsc_xT": _cos(C, np.broadcast_to(xT, C.shape)).mean(1),
         "cos_epsu_xT": _cos(U, np.broadcast_to(xT, U.shape)).mean(1),
+        "cos_guidance_x": _cos(U - C, np.broadcast_to(xv, C.shape)).mean(1),
     }
 
 
@@ -183,6 +186,7 @@ def analyze(traj, x: torch.Tensor, first_steps: int = 1, converge_step: Optional
         "convergence": convergence(np.append(dist, final), cstep),
         "convergence_step": cstep,
         "seed_collapse": pairwise_cosine(x0_g[0]),
+        "cos_guidance_x_first": float(cos["cos_guidance_x"][0]),
         "wen_first": float(wen[0]),
         "wen_mean": float(wen.mean()),
         "loss_guided_mean": float(loss_g.mean()),

@@ -68,6 +68,7 @@ def audit_figures(res: dict, prompts: list[dict], folder: str | Path) -> dict[st
     for lab, c in curves.items():
         ax.plot(i, c["cos_epsc_x"], color=_COLORS.get(lab), label=f"{lab}: cos(eps_c, x)")
         ax.plot(i, c["cos_epsu_x"], ":", color=_COLORS.get(lab), label=f"{lab}: cos(eps_u, x)")
+        ax.plot(i, c["cos_guidance_x"], "-.", color=_COLORS.get(lab), label=f"{lab}: cos(eps_u - eps_c, x)")
     ax.set(xlabel="sampling step", ylabel="cosine", title="Noise predictions aligned with the training image")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)

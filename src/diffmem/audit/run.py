@@ -31,7 +31,8 @@ from .severity import PixelCosine
 __all__ = ["AuditConfig", "run_audit", "STATISTICS"]
 
 #: per-prompt statistics correlated with severity
-STATISTICS = ("overestimation_a", "D1", "D2", "convergence", "seed_collapse", "wen_first", "wen_mean", "loss_ratio_first")
+STATISTICS = ("overestimation_a", "D1", "D2", "convergence", "seed_collapse", "wen_first", "wen_mean", "loss_ratio_first",
+              "cos_guidance_x_first")
 
 
 @dataclass(frozen=True)
