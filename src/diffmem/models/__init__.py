@@ -7,7 +7,7 @@ from typing import Sequence
 from torch import nn
 
 from .mlp import ResidualMLP, mlp_param_count, sinusoidal
-from .unet import UNet, unet_param_count  # noqa: F401  (exported; not in __all__ to keep this edit to one line)
+from .unet import UNet, unet_param_count  # noqa: F401
 
 __all__ = ["ResidualMLP", "mlp_param_count", "sinusoidal", "build", "MODELS"]
 
