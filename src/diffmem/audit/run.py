@@ -23,7 +23,7 @@ from .. import _io
 from ..config import claim_folder, to_dict
 from . import analysis
 from .detectors import DETECTORS, detector_costs, roc_table
-from .mitigation import SCHEDULES, guidance_schedule, mitigation_table, transition_steps
+from .mitigation import guidance_schedule, mitigation_table, transition_steps
 from .protocol import LABELS, GuidedModel, PromptSpec, Severity
 from .recorder import Trajectory, model_timesteps, prompt_seeds, record, sample_final
 from .severity import PixelCosine
@@ -57,7 +57,7 @@ class AuditConfig:
     save_trajectories: bool = True
 
     def validate(self) -> None:
-        if not -0.0 <= self.guidance <= 50 or self.guidance != self.guidance:
+        if not 0 <= self.guidance <= 50:  # also refuses NaN
             raise ValueError(f"guidance must lie in [0, 50] (Stable Diffusion's default is 7.5), got {self.guidance}")
         if int(self.steps) != self.steps or not 1 <= self.steps <= 1000:
             raise ValueError(f"steps must be an integer in [1, 1000], got {self.steps}")
