@@ -126,12 +126,15 @@ def gaussian_equivalent_curves(problem: RFProblem, taus, constants: Optional[RFC
     return curves
 
 
-def exact_curves(problem: RFProblem, taus, order: int = 3) -> LossCurves:
+def exact_curves(problem: RFProblem, taus, order: int = 3, matrices: Optional[tuple] = None) -> LossCurves:
     """Closed-form curves with the exact U, V of this draw (noise expectation analytic) and the exact
-    population U, V for Gaussian data: O(p^3), for p up to a few thousand."""
+    population U, V for Gaussian data: O(p^3), for p up to a few thousand. ``matrices`` as in :func:`simulate_gd`."""
     t0 = time.perf_counter()
-    U, V = exact_matrices(problem, order=order)
-    pop = population_matrices(problem)
+    if matrices is None:
+        U, V = exact_matrices(problem, order=order)
+        pop = population_matrices(problem)
+    else:
+        U, V, pop = matrices
     curves = closed_form_losses(eigensystem_dense(U, V, pop["U"], pop["V"], problem.delta, pop["gamma2"]), taus)
     curves.meta.update(method="exact", population="exact_gaussian_data", seconds=time.perf_counter() - t0)
     return curves
@@ -145,14 +148,19 @@ def quadratic_losses(A: np.ndarray, U: np.ndarray, V: np.ndarray, delta: float) 
 
 def simulate_gd(problem: RFProblem, taus: Sequence[float], *, dtau: Optional[float] = None, seed=None, dtype=np.float64,
                 evaluate: str = "exact", order: int = 3, progress: Optional[Callable[[int, int], None]] = None,
-                lam_max: Optional[float] = None) -> LossCurves:
+                lam_max: Optional[float] = None, matrices: Optional[tuple] = None) -> LossCurves:
     """Full-batch gradient descent on A from 0, with a fresh noise draw for every training point at every step
     (like the paper's numerics), for the actual activation. The step is eta = dtau d^2 (default: 60% of the
     stability limit psi_p / (Delta lam_max)); steps run until the last of ``taus`` and the iterate is recorded at
     the first step at or after each requested tau.
 
     ``evaluate="exact"`` measures each recorded A with the exact train U, V (noise expectation analytic) and the
-    exact population U, V for Gaussian data — so the curve has no Monte Carlo noise of its own.
+    exact population U, V for Gaussian data — so the curve has no Monte Carlo noise of its own. ``matrices``
+    = ``(U, V, population_matrices(problem))`` skips recomputing them.
+
+    The fresh noise makes A fluctuate around the gradient flow; the fluctuation adds to both losses an excess
+    of order (dtau / dtau_max) / psi_n (independent of d), so a few-percent check at small psi_n needs a
+    step well below the stability limit dtau_max = psi_p / (Delta lam_max).
     """
     taus = np.sort(_check_taus(taus))
     if not np.isfinite(taus[-1]):
@@ -166,8 +174,11 @@ def simulate_gd(problem: RFProblem, taus: Sequence[float], *, dtau: Optional[flo
     n = X.shape[1]
     delta = problem.delta
     psi_p = p / d
-    U, V = exact_matrices(problem, order=order)
-    pop = population_matrices(problem)
+    if matrices is None:
+        U, V = exact_matrices(problem, order=order)
+        pop = population_matrices(problem)
+    else:
+        U, V, pop = matrices
     if dtau is None:
         lmax = lam_max if lam_max is not None else float(np.linalg.eigvalsh(U)[-1]) if p <= 3000 else _power_lmax(U)
         dtau = 0.6 * psi_p / (delta * lmax)
