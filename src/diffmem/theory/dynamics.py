@@ -23,8 +23,8 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from .constants import RFConstants, rf_constants, resolve_activation
-from .simulation import RFProblem, as_generator, exact_matrices, gaussian_equivalent, make_problem, population_matrices
+from .constants import RFConstants, resolve_activation
+from .simulation import RFProblem, as_generator, exact_matrices, gaussian_equivalent, population_matrices
 
 __all__ = ["LossCurves", "closed_form_losses", "EigenSystem", "eigensystem_dense", "eigensystem_gaussian_equivalent", "gaussian_equivalent_curves",
            "exact_curves", "simulate_gd", "predicted_times", "quadratic_losses", "fit_power_law", "default_taus"]

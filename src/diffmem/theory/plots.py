@@ -3,7 +3,6 @@ dict written by :mod:`diffmem.theory.run` and a path, so figures can be redrawn 
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np

@@ -3,12 +3,9 @@ written atomically into an output folder. The CLI (:mod:`diffmem.theory.cli`) is
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -37,20 +34,10 @@ def _jsonable(obj: Any) -> Any:
 
 
 def write_json_atomic(path, obj) -> str:
-    """JSON to a temporary file in the same folder, then os.replace (a killed process leaves old or new, never half)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(_jsonable(obj), f, indent=1)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """JSON written atomically through :func:`diffmem._io.write_json` (infinite times kept as the string "inf")."""
+    from diffmem._io import write_json
+
+    write_json(path, _jsonable(obj))
     return str(path)
 
 

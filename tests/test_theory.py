@@ -1,0 +1,332 @@
+"""Tests of diffmem.theory (random-features theory): constants, spectrum, simulation, dynamics, phase, CLI.
+
+Full-size checks (d = 100, p = 6400) live in benchmarks/bench_theory.py; here d is small.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from diffmem.theory import (closed_form_losses, eigensystem_dense, exact_curves, exact_matrices, fit_power_law, gaussian_equivalent,
+                            ge_eigenvalues, make_problem, mc_matrices, phase_diagram, population_matrices, predicted_times, rf_constants,
+                            simulate_gd, spectral_density)
+from diffmem.theory.dynamics import quadratic_losses
+from diffmem.theory.simulation import RFProblem
+
+
+def _ks(spec, eigs) -> float:
+    eigs = np.sort(eigs)
+    F = spec.cdf()
+    F = F / F[-1]
+    hi = np.searchsorted(eigs, spec.lambdas, side="right") / eigs.size
+    lo = np.searchsorted(eigs, spec.lambdas, side="left") / eigs.size
+    return float(max(np.abs(F - hi).max(), np.abs(F - lo).max()))
+
+
+# ------------------------------------------------------------------------------------------------ constants
+def _mc_constants(t, sigma_x, f, m=1_000_000, seed=0):
+    """Monte Carlo estimates of a, b, v^2, s^2 and their standard errors."""
+    rng = np.random.default_rng(seed)
+    u, v, w = rng.standard_normal((3, m))
+    c = math.exp(-t) * sigma_x
+    sd = math.sqrt(-math.expm1(-2 * t))
+    h, h2 = c * u + sd * v, c * u + sd * w
+    fh = f(h)
+    gamma = math.sqrt(c**2 + sd**2)
+    terms = {"a": fh * u / c, "b": v * fh, "cross": fh * f(h2), "m2": f(gamma * u) ** 2}
+    est = {k: float(np.mean(x)) for k, x in terms.items()}
+    se = {k: float(np.std(x)) / math.sqrt(m) for k, x in terms.items()}
+    a, b = est["a"], est["b"]
+    v2 = est["cross"] - a**2 * c**2
+    s2 = est["m2"] - a**2 * c**2 - v2 - b**2
+    se_a2 = 2 * abs(a) * c**2 * se["a"]
+    return ({"a": a, "b": b, "v2": v2, "s2": s2},
+            {"a": se["a"], "b": se["b"], "v2": se["cross"] + se_a2, "s2": se["m2"] + se["cross"] + 2 * abs(b) * se["b"]})
+
+
+@pytest.mark.parametrize("t,sigma_x,act", [(0.01, 1.0, "tanh"), (0.1, 1.0, "tanh"), (0.5, 2.0, "tanh"), (0.1, 1.0, "relu")])
+def test_constants_match_monte_carlo(t, sigma_x, act):
+    c = rf_constants(t, sigma_x, act)
+    f = np.tanh if act == "tanh" else (lambda x: np.maximum(x, 0.0))
+    mc, se = _mc_constants(t, sigma_x, f)
+    for k in ("a", "b", "v2", "s2"):
+        assert abs(getattr(c, k) - mc[k]) < 5 * se[k], (k, getattr(c, k), mc[k], se[k])
+    assert c.delta == pytest.approx(1 - math.exp(-2 * t), rel=1e-14)
+    assert c.gamma**2 == pytest.approx(math.exp(-2 * t) * sigma_x**2 + c.delta, rel=1e-14)
+
+
+# ------------------------------------------------------------------------------------------------ spectrum
+def test_spectrum_mass_delta_and_branch():
+    s = spectral_density(0.01, 64.0, 8.0)
+    assert s.lambdas.size == 400 and s.converged.all()
+    assert np.all(np.isfinite(s.density)) and np.all(s.density >= 0)
+    assert np.all(s.q.imag >= 0)  # physical branch
+    w = 1 - (1 + 8) / 64
+    assert s.delta_peak_weight == w
+    assert s.delta_peak_weight_solver == pytest.approx(w, abs=1e-6)
+    assert s.mass == pytest.approx(1 - w, rel=5e-3)
+    # three bulks: d directions near s^2, the n-specific first bulk, the population bulk at scale psi_p
+    assert len(s.edges) == 3
+    lo2, hi2 = s.edges[2]
+    assert 5 < lo2 < 15 and 35 < hi2 < 55  # paper: second bulk at lambda ~ 10-45
+    # mass of each bulk: the n + d non-trivial directions split into d (near s^2), n - d (first bulk), d (second)
+    cdf = s.cdf()
+    masses = [np.interp(hi, s.lambdas, cdf) - np.interp(lo, s.lambdas, cdf) for lo, hi in s.edges]
+    assert masses == pytest.approx([1 / 64, 7 / 64, 1 / 64], abs=5e-4)
+
+
+def test_stieltjes_matches_brute_force_resolvent():
+    """q(z) of the equations = (1/p) Tr (U - z)^-1 of Gaussian-equivalent draws, off the real axis."""
+    from diffmem.theory.spectrum import solve_stieltjes
+
+    c = rf_constants(0.1)
+    z = np.array([0.05 + 0.02j, 0.3 + 0.05j, 5.0 + 1.0j, 20.0 + 2.0j])
+    q, _, res = solve_stieltjes(z, c, 16.0, 4.0)
+    assert np.all(res < 1e-8)
+    emp = np.zeros(z.size, complex)
+    for s in range(4):
+        e = ge_eigenvalues(gaussian_equivalent(make_problem(60, 16.0, 4.0, 0.1, seed=s), c, seed=100 + s))
+        emp += np.mean(1.0 / (e[:, None] - z[None, :]), axis=0) / 4
+    assert np.abs(q - emp).max() < 0.02 * np.abs(q).max()
+    assert np.all(np.abs(q - emp) / np.abs(q) < 0.03)
+
+
+def test_spectrum_matches_gaussian_equivalent_eigenvalues():
+    s = spectral_density(0.01, 64.0, 8.0)
+    prob = make_problem(40, 64.0, 8.0, 0.01, seed=0)
+    e = ge_eigenvalues(gaussian_equivalent(prob, s.constants, seed=1))
+    at = np.abs(e - s.constants.s2) <= 1e-9 * s.constants.s2
+    assert at.mean() == pytest.approx(1 - (prob.n + prob.d) / prob.p, abs=1e-12)  # exact delta weight
+    assert _ks(s, e[~at]) < 0.03
+    # the same outside a wrong theory (psi_n = 6) must fail the bound
+    assert _ks(spectral_density(0.01, 64.0, 6.0), e[~at]) > 0.05
+
+
+def test_spectrum_matches_exact_matrix():
+    """Exact U (noise expectation analytic, tanh) at d = 24: the top n + d eigenvalues follow the theory."""
+    s = spectral_density(0.1, 16.0, 4.0)
+    prob = make_problem(24, 16.0, 4.0, 0.1, seed=3)
+    U, _ = exact_matrices(prob)
+    e = np.linalg.eigvalsh(U)
+    top = e[-(prob.n + prob.d):]
+    assert _ks(s, top) < 0.12
+    # the remaining p - n - d eigenvalues sit near s_t^2 (the delta peak, smeared at finite d)
+    rest = e[:-(prob.n + prob.d)]
+    assert abs(np.median(rest) / s.constants.s2 - 1) < 0.1
+
+
+def test_spectrum_mixture_covariance():
+    lam, wts = np.array([0.5, 1.5]), np.array([0.5, 0.5])
+    s = spectral_density(0.05, 32.0, 4.0, sigma_eigs=lam, sigma_weights=wts, n_points=300)
+    assert s.converged.all() and s.constants.sigma_x == pytest.approx(1.0)
+    d = 40
+    rng = np.random.default_rng(0)
+    diag = np.repeat(lam, d // 2)
+    W = rng.standard_normal((32 * d, d))
+    X = np.sqrt(diag)[:, None] * rng.standard_normal((d, 4 * d))
+    e = ge_eigenvalues(gaussian_equivalent(RFProblem(W=W, X=X, t=0.05), s.constants, seed=1))
+    at = np.abs(e - s.constants.s2) <= 1e-9 * s.constants.s2
+    assert _ks(s, e[~at]) < 0.03
+    iso = spectral_density(0.05, 32.0, 4.0, n_points=300)
+    assert _ks(iso, e[~at]) > _ks(s, e[~at])
+
+
+def test_asymptotic_law_is_approached():
+    from diffmem.theory import asymptotic_spectrum
+
+    c = rf_constants(0.1)
+    a = asymptotic_spectrum(c, 64.0, 8.0)
+    assert a["delta"]["weight"] == pytest.approx(1 - 9 / 64) and a["first_bulk"]["weight"] == pytest.approx(8 / 64)
+    # at psi_p >> psi_n >> 1 the solver's first-bulk edges approach Theorem 3.2
+    s = spectral_density(0.1, 4096.0, 64.0, n_points=600)
+    a = asymptotic_spectrum(c, 4096.0, 64.0)
+    first = max(s.edges[:-1], key=lambda e: e[1] - e[0])
+    assert first[0] == pytest.approx(a["first_bulk"]["edges"][0], rel=0.1)
+    assert first[1] == pytest.approx(a["first_bulk"]["edges"][1], rel=0.1)
+
+
+def test_spectrum_rejects_and_flags(monkeypatch):
+    for kw in (dict(psi_p=0.0), dict(psi_n=-1.0), dict(psi_p=float("nan"))):
+        with pytest.raises(ValueError):
+            spectral_density(0.01, **{**dict(psi_p=64.0, psi_n=8.0), **kw})
+    with pytest.raises(ValueError):
+        spectral_density(-0.01, 64.0, 8.0)
+    with pytest.raises(ValueError):
+        spectral_density(0.01, 64.0, 8.0, sigma_eigs=[1.0, -1.0])
+    # a point where Newton fails is flagged, never a silent NaN
+    from diffmem.theory import spectrum as sp
+
+    real = sp._newton
+
+    def broken(q, r, z, *a, **k):
+        q, r, res = real(q, r, z, *a, **k)
+        res = res.copy()
+        res[z.size // 2] = 1.0
+        return q, r, res
+
+    monkeypatch.setattr(sp, "_newton", broken)
+    s = spectral_density(0.01, 64.0, 8.0, n_points=50)
+    assert (~s.converged).sum() == 1 and not s.converged[25]
+    assert np.all(np.isfinite(s.density))
+    assert s.to_dict()["n_unconverged"] == 1
+
+
+# ------------------------------------------------------------------------------------------------ simulation
+def test_exact_matrices_match_monte_carlo_noise():
+    prob = make_problem(8, 4.0, 2.0, 0.3, seed=0)
+    U, V = exact_matrices(prob, order=6)
+    Um, Vm = mc_matrices(prob, 20000, seed=1)
+    assert np.abs(U - Um).max() < 0.01 * np.abs(U).max()
+    assert np.abs(V - Vm).max() < 0.02 * np.abs(V).max()
+    pop = population_matrices(prob)
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((8, 400_000)) * prob.sigma_x
+    xi = rng.standard_normal(x.shape)
+    phi = np.tanh(prob.W @ (math.exp(-prob.t) * x + math.sqrt(prob.delta) * xi) / math.sqrt(8))
+    assert np.abs(pop["U"] - phi @ phi.T / x.shape[1]).max() < 0.01 * np.abs(pop["U"]).max()
+    assert np.abs(pop["V"] - phi @ xi.T / x.shape[1]).max() < 0.02 * np.abs(pop["V"]).max()
+
+
+# ------------------------------------------------------------------------------------------------ dynamics
+def test_closed_form_equals_matrix_exponential():
+    from scipy.linalg import expm
+
+    prob = make_problem(6, 4.0, 2.0, 0.2, seed=1)
+    U, V = exact_matrices(prob)
+    pop = population_matrices(prob)
+    es = eigensystem_dense(U, V, pop["U"], pop["V"], prob.delta, pop["gamma2"])
+    taus = np.array([0.0, 3.0, 30.0, 300.0])
+    cur = closed_form_losses(es, taus)
+    p, d = prob.p, prob.d
+    Astar = -math.sqrt(p / prob.delta) * V.T @ np.linalg.inv(U)
+    for i, tau in enumerate(taus):
+        A = Astar @ (np.eye(p) - expm(-(2 * prob.delta / (p / d)) * U * tau))
+        assert cur.L_train[i] == pytest.approx(quadratic_losses(A, U, V, prob.delta), abs=1e-10)
+        assert cur.L_test[i] == pytest.approx(quadratic_losses(A, pop["U"], pop["V"], prob.delta), abs=1e-10)
+    assert cur.L_train[0] == 1.0 and cur.L_test[0] == pytest.approx(1.0)
+
+
+def test_score_error_identity_by_monte_carlo():
+    prob = make_problem(6, 4.0, 2.0, 0.2, seed=2)
+    U, V = exact_matrices(prob)
+    pop = population_matrices(prob)
+    es = eigensystem_dense(U, V, pop["U"], pop["V"], prob.delta, pop["gamma2"])
+    tau = 50.0
+    cur = closed_form_losses(es, [tau])
+    lam, O = np.linalg.eigh(U)
+    h = -np.expm1(-(2 * prob.delta / 4.0) * lam * tau) / lam
+    A = -math.sqrt(prob.p / prob.delta) * V.T @ O @ np.diag(h) @ O.T
+    rng = np.random.default_rng(0)
+    xt = math.sqrt(pop["gamma2"]) * rng.standard_normal((6, 400_000))
+    s = A @ np.tanh(prob.W @ xt / math.sqrt(6)) / math.sqrt(prob.p)
+    mc = np.mean(np.sum((s + xt / pop["gamma2"]) ** 2, axis=0)) / 6
+    assert cur.E_score[0] == pytest.approx(mc, rel=0.01)
+
+
+def test_gradient_descent_matches_closed_form():
+    c = rf_constants(0.1)
+    prob = make_problem(12, 16.0, 4.0, 0.1, seed=0)
+    pred = predicted_times(c, 16.0, 4.0)
+    U, V = exact_matrices(prob)
+    pop = population_matrices(prob)
+    lmax = float(np.linalg.eigvalsh(U)[-1])
+    dtau = 0.1 * 16.0 / (c.delta * lmax)
+    taus = np.geomspace(30 * dtau, 1.5 * pred["tau_mem"], 6)
+    gd = simulate_gd(prob, taus, dtau=dtau, seed=1, matrices=(U, V, pop))
+    ref = exact_curves(prob, gd.tau, matrices=(U, V, pop))
+    assert np.max(np.abs(gd.L_train / ref.L_train - 1)) < 0.04
+    assert np.max(np.abs(gd.L_test / ref.L_test - 1)) < 0.04
+    # the curves move a lot over this range, so agreement is not trivial
+    assert ref.L_train[0] - ref.L_train[-1] > 0.1
+
+
+def test_tau_mem_exponent_and_times():
+    c = rf_constants(0.1)
+    psi_n = [4.0, 8.0, 16.0, 32.0]
+    pts = [predicted_times(c, 64.0, pn) for pn in psi_n]
+    fit = fit_power_law(psi_n, [p["tau_mem"] for p in pts])
+    assert abs(fit["exponent"] - 1.0) < 0.1
+    for p in pts:
+        assert p["tau_gen"] == pytest.approx(1 / c.delta)
+        assert p["ratio"] == pytest.approx(p["tau_mem"] / p["tau_gen"])
+        assert p["tau_mem"] > 10 * p["tau_gen"]
+    # the memorisation time is where L_train of the closed form drops: later for larger psi_n
+    from diffmem.theory import gaussian_equivalent_curves
+
+    drops = []
+    for pn in (4.0, 16.0):
+        prob = make_problem(16, 64.0, pn, 0.1, seed=0)
+        taus = np.geomspace(1, 1e7, 400)
+        cur = gaussian_equivalent_curves(prob, taus, constants=c, seed=1)
+        Lgen = cur.L_gen
+        drops.append(taus[np.argmax(Lgen > 0.5 * Lgen[-1])])
+    assert 2 < drops[1] / drops[0] < 8  # ~ 4 = ratio of psi_n
+
+
+def test_dynamics_rejects_bad_input():
+    prob = make_problem(4, 2.0, 1.0, 0.1, seed=0)
+    with pytest.raises(ValueError):
+        simulate_gd(prob, [-1.0])
+    with pytest.raises(ValueError):
+        predicted_times(rf_constants(0.1), 0.0, 4.0)
+    with pytest.raises(ValueError):
+        make_problem(10, 4.0, 2.0, -0.1)
+
+
+# ------------------------------------------------------------------------------------------------ phase
+def test_phase_boundary_moves_with_tau_and_reaches_n_star():
+    psi_n = np.geomspace(0.5, 64, 15)
+    pd = phase_diagram(0.1, psi_n, [8.0], [1e2, 1e3, math.inf], d=12, threshold=0.02, seed=0)
+    b = pd.boundary()[:, 0]
+    assert np.all(np.isfinite(b))
+    assert b[0] < b[1] < b[2]  # the memorisation region grows with training time
+    assert 4.0 < b[2] < 16.0  # at infinite time the boundary sits near n* = p (psi_n = psi_p = 8)
+    assert pd.L_gen[2, 0, 0] > 0.1 and abs(pd.L_gen[2, -1, 0]) < 0.02
+
+
+# ------------------------------------------------------------------------------------------------ CLI
+def test_cli_spectrum_json_and_plot(tmp_path):
+    from diffmem.cli import main
+
+    rc = main(["theory", "spectrum", "--out", str(tmp_path), "--n-points", "80", "--simulate", "--d", "20", "--plot"])
+    assert rc == 0
+    res = json.loads((tmp_path / "spectrum.json").read_text())
+    for k in ("constants", "lambda", "density", "delta_peak_weight", "edges"):
+        assert k in res
+    assert len(res["lambda"]) == len(res["density"]) == 80
+    assert res["delta_peak_weight"] == pytest.approx(1 - 9 / 64)
+    assert res["constants"]["a_t"] == pytest.approx(rf_constants(0.01).a)
+    assert (tmp_path / "figures" / "spectrum.png").stat().st_size > 1000
+
+
+def test_cli_dynamics_and_phase(tmp_path):
+    from diffmem.cli import main
+
+    rc = main(["theory", "dynamics", "--out", str(tmp_path / "dyn"), "--d", "8", "--psi-n", "4", "8", "--n-taus", "12", "--quiet", "--plot"])
+    assert rc == 0
+    res = json.loads((tmp_path / "dyn" / "dynamics.json").read_text())
+    assert [r["psi_n"] for r in res["runs"]] == [4.0, 8.0]
+    r = res["runs"][0]
+    assert len(r["theory"]["tau"]) == len(r["theory"]["L_train"]) == 12
+    assert r["predicted"]["tau_mem"] > r["predicted"]["tau_gen"] > 0
+    assert (tmp_path / "dyn" / "figures" / "dynamics.png").exists()
+    rc = main(["theory", "phase", "--out", str(tmp_path / "ph"), "--d", "6", "--psi-n", "1", "4", "16", "--psi-p", "4", "--taus", "100", "inf",
+               "--plot"])
+    assert rc == 0
+    ph = json.loads((tmp_path / "ph" / "phase.json").read_text())
+    assert ph["tau"] == [100.0, "inf"] and np.asarray(ph["L_gen"]).shape == (2, 3, 1)
+    assert (tmp_path / "ph" / "figures" / "phase.png").exists()
+
+
+def test_cli_rejects_unphysical(tmp_path, capsys):
+    from diffmem.cli import main
+
+    assert main(["theory", "spectrum", "--out", str(tmp_path), "--t", "-0.1"]) == 2
+    assert "t" in capsys.readouterr().err
+    assert main(["theory", "spectrum", "--out", str(tmp_path), "--psi-n", "0"]) == 2
+    assert "psi" in capsys.readouterr().err.replace("-", "_")
+    assert not (tmp_path / "spectrum.json").exists()
