@@ -116,7 +116,8 @@ def test_spectrum_matches_exact_matrix():
     assert _ks(s, top) < 0.12
     # the remaining p - n - d eigenvalues sit near s_t^2 (the delta peak, smeared at finite d)
     rest = e[:-(prob.n + prob.d)]
-    assert abs(np.median(rest) / s.constants.s2 - 1) < 0.1
+    assert 0.5 < np.median(rest) / s.constants.s2 < 1.5
+    assert np.quantile(rest, 0.9) < s.edges[1][0]  # below the first bulk
 
 
 def test_spectrum_mixture_covariance():
@@ -280,12 +281,14 @@ def test_dynamics_rejects_bad_input():
 # ------------------------------------------------------------------------------------------------ phase
 def test_phase_boundary_moves_with_tau_and_reaches_n_star():
     psi_n = np.geomspace(0.5, 64, 15)
-    pd = phase_diagram(0.1, psi_n, [8.0], [1e2, 1e3, math.inf], d=12, threshold=0.02, seed=0)
-    b = pd.boundary()[:, 0]
+    pd = phase_diagram(0.1, psi_n, [4.0, 8.0], [1e2, 1e3, math.inf], d=12, threshold=0.25, seed=0)
+    b = pd.boundary()
     assert np.all(np.isfinite(b))
-    assert b[0] < b[1] < b[2]  # the memorisation region grows with training time
-    assert 4.0 < b[2] < 16.0  # at infinite time the boundary sits near n* = p (psi_n = psi_p = 8)
-    assert pd.L_gen[2, 0, 0] > 0.1 and abs(pd.L_gen[2, -1, 0]) < 0.02
+    assert np.all(np.diff(b, axis=0) > 0)  # the memorisation region grows with training time
+    # at infinite time the boundary sits near the architectural threshold n* = p (psi_n = psi_p) and follows psi_p
+    assert 0.6 < b[2, 0] / 4.0 < 1.6 and 0.6 < b[2, 1] / 8.0 < 1.6
+    assert 1.4 < b[2, 1] / b[2, 0] < 2.8
+    assert pd.L_gen[2, 0, 1] > 1.0 and pd.L_gen[2, -1, 1] < 0.05
 
 
 # ------------------------------------------------------------------------------------------------ CLI

@@ -164,6 +164,6 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--psi-n", type=float, nargs="+", default=None, help="grid of n/d, increasing (default 15 values 1..128)")
     p.add_argument("--taus", type=_float, nargs="+", default=None, help="rescaled training times, 'inf' allowed (default 1e2 1e3 1e4 inf)")
     p.add_argument("--d", type=int, default=None, help="data dimension of each draw (default 32)")
-    p.add_argument("--threshold", type=float, default=None, help="L_gen level that defines the boundary (default 0.05)")
+    p.add_argument("--threshold", type=float, default=None, help="L_gen level that defines the boundary (default 0.25)")
     p.set_defaults(func=cmd_phase)
     return th

@@ -58,7 +58,7 @@ def boundary(psi_n: np.ndarray, L_gen: np.ndarray, threshold: float) -> np.ndarr
 
 
 def phase_diagram(t: float, psi_n: Sequence[float], psi_p: Sequence[float], taus: Sequence[float], *, d: int = 32, sigma_x: float = 1.0,
-                  activation="tanh", threshold: float = 0.05, seed=None, progress: Optional[Callable[[int, int], None]] = None) -> PhaseDiagram:
+                  activation="tanh", threshold: float = 0.25, seed=None, progress: Optional[Callable[[int, int], None]] = None) -> PhaseDiagram:
     """L_gen on the (psi_n, psi_p) grid at each tau (rescaled time; ``inf`` for the end of training)."""
     psi_n = np.asarray(psi_n, dtype=np.float64)
     psi_p = np.asarray(psi_p, dtype=np.float64)

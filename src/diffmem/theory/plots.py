@@ -120,7 +120,8 @@ def plot_phase(result: dict, path) -> str:
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_ylim(pn.min(), pn.max())
-        ax.set_xlim(pp.min(), pp.max())
+        if pp.max() > pp.min():
+            ax.set_xlim(pp.min(), pp.max())
         tt = taus[i]
         ax.set_title(r"$\tau=\infty$" if tt == "inf" else rf"$\tau$={float(tt):.3g}")
         ax.set_xlabel(r"$\psi_p = p/d$")

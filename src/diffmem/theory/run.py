@@ -109,7 +109,7 @@ class PhaseConfig:
     d: int = 32
     sigma_x: float = 1.0
     activation: str = "tanh"
-    threshold: float = 0.05
+    threshold: float = 0.25  # L_gen level of the boundary (losses are 1 - O(Delta_t); see docs/theory.md)
     seed: int = 0
 
     def validate(self) -> None:
