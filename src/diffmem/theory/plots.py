@@ -46,7 +46,7 @@ def plot_spectrum(result: dict, path) -> str:
         h = np.asarray(sim["histogram"]["density"])
         mid = np.sqrt(e[1:] * e[:-1]) if e[0] > 0 else 0.5 * (e[1:] + e[:-1])
         ax.bar(e[:-1], h * mid, width=np.diff(e), align="edge", color="0.8", edgecolor="0.6", lw=0.3,
-               label=f"simulation (p={sim['p']}, eigvalsh)")
+               label=f"simulation (p={sim['p']}, {sim.get('matrix', 'gaussian_equivalent').replace('_', '-')} U)")
     ax.plot(lam, lam * rho, color="C0", lw=1.4, label="theory (Thm 3.1)")
     if asym is not None:
         ax.plot(lam, lam * np.asarray(asym), color="C3", lw=1.0, ls="--", label="asymptotic (Thm 3.2)")

@@ -143,7 +143,7 @@ def run_spectrum(cfg: SpectrumConfig, out: Optional[Path] = None, plot: bool = F
     result = {"config": config_dict(cfg), "constants": d["constants"], "lambda": d["lambda"], "density": d["density"],
               "converged": d["converged"], "n_unconverged": d["n_unconverged"], "delta_peak_weight": d["delta_peak_weight"],
               "delta_peak_weight_solver": d["delta_peak_weight_solver"], "edges": d["edges"], "lambda_min": d["lambda_min"],
-              "mass": d["mass"], "asymptotic": d["asymptotic"], "asymptotic_density": d["asymptotic_density"], "solver_seconds": solve_s}
+              "mass": d["mass"], "mass_expected": d["mass_expected"], "asymptotic": d["asymptotic"], "asymptotic_density": d["asymptotic_density"], "solver_seconds": solve_s}
     if cfg.simulate:
         if cfg.sigma_eigs:
             raise ValueError("--simulate supports Sigma = sigma_x^2 I only; drop --sigma-eigs")

@@ -280,6 +280,7 @@ class SpectrumResult:
             "edges": self.edges,
             "lambda_min": self.lambda_min,
             "mass": self.mass,
+            "mass_expected": 1.0 - self.delta_peak_weight,  # a gap to `mass` means mass outside the grid (e.g. a hard edge at s_t^2)
             "eps": self.eps,
             "sigma_eigs": self.sigma_eigs.tolist(),
             "sigma_weights": self.sigma_weights.tolist(),
