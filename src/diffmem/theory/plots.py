@@ -102,6 +102,7 @@ def plot_phase(result: dict, path) -> str:
     """L_gen over (psi_n, psi_p), one panel per training time, with the boundary and the line n = p."""
     plt = _plt()
     from matplotlib.colors import LogNorm
+    from matplotlib.ticker import LogLocator, NullFormatter
 
     pn = np.asarray(result["psi_n"])
     pp = np.asarray(result["psi_p"])
@@ -119,6 +120,9 @@ def plot_phase(result: dict, path) -> str:
         ax.plot(pp[ok], bnd[i][ok], color="c", lw=1.4, marker="o", ms=2.5, label=rf"$L_{{\rm gen}}$={result['threshold']:g}")
         ax.set_xscale("log")
         ax.set_yscale("log")
+        for axis in (ax.xaxis, ax.yaxis):
+            axis.set_major_locator(LogLocator(base=10.0))
+            axis.set_minor_formatter(NullFormatter())
         ax.set_ylim(pn.min(), pn.max())
         if pp.max() > pp.min():
             ax.set_xlim(pp.min(), pp.max())
