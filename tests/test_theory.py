@@ -255,6 +255,8 @@ def test_tau_mem_exponent_and_times():
         assert p["tau_gen"] == pytest.approx(1 / c.delta)
         assert p["ratio"] == pytest.approx(p["tau_mem"] / p["tau_gen"])
         assert p["tau_mem"] > 10 * p["tau_gen"]
+        assert p["memorization_expected"]
+    assert not predicted_times(c, 8.0, 16.0)["memorization_expected"]
     # the memorisation time is where L_train of the closed form drops: later for larger psi_n
     from diffmem.theory import gaussian_equivalent_curves
 

@@ -232,6 +232,9 @@ def predicted_times(constants: RFConstants, psi_p: float, psi_n: float, spectrum
     out = {"tau_gen": 1.0 / c.delta, "lambda_min": lam_min, "tau_mem": psi_p / (c.delta * lam_min), "n_star_psi_n": psi_p,
            "tau_gen_second_bulk": psi_p / (c.delta * asym["second_bulk"]["scale"])}
     out["ratio"] = out["tau_mem"] / out["tau_gen"]
+    # above the architectural threshold n* = p the first bulk no longer separates from the population part:
+    # training to convergence does not memorise
+    out["memorization_expected"] = bool(psi_n < psi_p)
     if spectrum is not None:
         lm = first_bulk_edge(spectrum)
         out["lambda_min_finite"] = lm
