@@ -196,8 +196,16 @@ def gaussian_equivalent(problem: RFProblem, constants: Optional[RFConstants] = N
     W, X = problem.W, problem.X
     p, d = W.shape
     n = X.shape[1]
-    G = math.exp(-c.t) * c.a * (W @ X) / math.sqrt(d) + math.sqrt(max(c.v2, 0.0)) * rng.standard_normal((p, n))
-    Z = np.hstack([G / math.sqrt(n), c.b * W / math.sqrt(d)])
+    # Z = [G / sqrt n, b W / sqrt d] filled in place (p may be ~1e5): Omega is drawn in row blocks, which gives the
+    # same numbers as one (p, n) draw because the generator fills arrays in C order
+    Z = np.empty((p, n + d))
+    Z[:, :n] = W @ X
+    Z[:, :n] *= math.exp(-c.t) * c.a / math.sqrt(d * n)
+    sv = math.sqrt(max(c.v2, 0.0) / n)
+    rows = max(1, (1 << 22) // max(n, 1))
+    for i in range(0, p, rows):
+        Z[i:i + rows, :n] += sv * rng.standard_normal((min(rows, p - i), n))
+    Z[:, n:] = (c.b / math.sqrt(d)) * W
     return GaussianEquivalent(Z=Z, s2=c.s2, V=c.b * W / math.sqrt(d))
 
 
