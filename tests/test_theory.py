@@ -306,6 +306,15 @@ def test_cli_spectrum_json_and_plot(tmp_path):
     assert res["delta_peak_weight"] == pytest.approx(1 - 9 / 64)
     assert res["constants"]["a_t"] == pytest.approx(rf_constants(0.01).a)
     assert (tmp_path / "figures" / "spectrum.png").stat().st_size > 1000
+    assert res["mass"] == pytest.approx(res["mass_expected"], rel=0.05)  # 80-point trapezoid
+    sim = res["simulation"]
+    assert sim["matrix"] == "gaussian_equivalent" and sim["histogram"]["delta_count"] == 1280 - 160 - 20
+    assert sim["ks_distance"] < 0.05
+    rc = main(["theory", "spectrum", "--out", str(tmp_path / "ex"), "--n-points", "80", "--simulate", "--matrix", "exact", "--d", "16"])
+    assert rc == 0
+    sim = json.loads((tmp_path / "ex" / "spectrum.json").read_text())["simulation"]
+    assert sim["matrix"] == "exact" and sim["histogram"]["delta_count"] == 1024 - 128 - 16
+    assert sim["ks_distance"] < 0.2
 
 
 def test_cli_dynamics_and_phase(tmp_path):

@@ -58,7 +58,7 @@ def _finish(args, cfg, runner) -> int:
 def cmd_spectrum(args) -> int:
     from .run import SpectrumConfig
 
-    m = dict(_MAP, n_points="n_points", sigma_eigs="sigma_eigs", sigma_weights="sigma_weights", simulate="simulate", bins="bins")
+    m = dict(_MAP, n_points="n_points", sigma_eigs="sigma_eigs", sigma_weights="sigma_weights", simulate="simulate", matrix="matrix", bins="bins")
     cfg = _build(SpectrumConfig, args, m)
 
     def go(cfg) -> int:
@@ -71,7 +71,7 @@ def cmd_spectrum(args) -> int:
         print(f"delta peak weight {res['delta_peak_weight']:.6g} (solver {res['delta_peak_weight_solver']:.6g}); bulks {edges}; "
               f"mass {res['mass']:.4f}; solver {res['solver_seconds']:.2f} s; unconverged points: {res['n_unconverged']}")
         if "simulation" in res:
-            print(f"simulation p={res['simulation']['p']}: Kolmogorov distance to theory {res['simulation']['ks_distance']:.4f}")
+            print(f"simulation ({res['simulation']['matrix']} U, p={res['simulation']['p']}): Kolmogorov distance to theory {res['simulation']['ks_distance']:.4f}")
         print(f"wrote {Path(args.out) / 'spectrum.json'}" + (f" and {', '.join(res.get('figures', []))}" if args.plot else ""))
         return 0
 
@@ -138,7 +138,9 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--n-points", type=int, default=None, help="grid points of the density (default 400)")
     p.add_argument("--sigma-eigs", type=_float, nargs="+", default=None, help="eigenvalues of the data covariance (a discrete mixture)")
     p.add_argument("--sigma-weights", type=_float, nargs="+", default=None, help="their weights (default equal)")
-    p.add_argument("--simulate", action="store_true", default=None, help="also histogram the eigenvalues of a simulated Gaussian-equivalent U")
+    p.add_argument("--simulate", action="store_true", default=None, help="also histogram the eigenvalues of a simulated U at size --d (see --matrix)")
+    p.add_argument("--matrix", choices=["gaussian_equivalent", "exact"], default=None,
+                   help="simulated U: Gaussian equivalent (default, fast) or the exact tanh U with the noise averaged analytically (O(p^3))")
     p.add_argument("--d", type=int, default=None, help="data dimension of the simulation (default 100)")
     p.add_argument("--bins", type=int, default=None, help="histogram bins (default 120)")
     p.set_defaults(func=cmd_spectrum)
