@@ -150,7 +150,7 @@ def simulate_gd(problem: RFProblem, taus: Sequence[float], *, dtau: Optional[flo
                 evaluate: str = "exact", order: int = 3, progress: Optional[Callable[[int, int], None]] = None,
                 lam_max: Optional[float] = None, matrices: Optional[tuple] = None) -> LossCurves:
     """Full-batch gradient descent on A from 0, with a fresh noise draw for every training point at every step
-    (like the paper's numerics), for the actual activation. The step is eta = dtau d^2 (default: 60% of the
+    (like the paper's numerics), for the actual activation. The step is eta = dtau d^2 (default: 25% of the
     stability limit psi_p / (Delta lam_max)); steps run until the last of ``taus`` and the iterate is recorded at
     the first step at or after each requested tau.
 
@@ -181,7 +181,7 @@ def simulate_gd(problem: RFProblem, taus: Sequence[float], *, dtau: Optional[flo
         U, V, pop = matrices
     if dtau is None:
         lmax = lam_max if lam_max is not None else float(np.linalg.eigvalsh(U)[-1]) if p <= 3000 else _power_lmax(U)
-        dtau = 0.6 * psi_p / (delta * lmax)
+        dtau = 0.25 * psi_p / (delta * lmax)
     if not (math.isfinite(dtau) and dtau > 0):
         raise ValueError(f"dtau must be > 0 (got {dtau})")
     eta = dtau * d * d
