@@ -114,7 +114,13 @@ def cmd_phase(args) -> int:
     def go(cfg) -> int:
         from .run import run_phase
 
-        res = run_phase(cfg, Path(args.out), plot=args.plot)
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(cfg.psi_n) * len(cfg.psi_p), desc="phase diagram", unit="point", leave=False)
+        try:
+            res = run_phase(cfg, Path(args.out), plot=args.plot, progress=lambda k, n: bar.update(k - bar.n))
+        finally:
+            bar.close()
         for tau, fit, b in zip(res["tau"], res["boundary_fit_vs_psi_p"], res["boundary_psi_n"]):
             bs = " ".join("-" if v is None else f"{v:.3g}" for v in b)
             print(f"tau={tau}: boundary psi_n at psi_p={res['psi_p']}: {bs}" + (f"  (~ psi_p^{fit['exponent']:.2f})" if fit else ""))
