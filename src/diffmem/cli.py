@@ -231,7 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("dynamics", help="the main job: train over a range of n, extract tau_gen and tau_mem, fit the scaling")
     _common(p, "runs/dynamics")
     p.add_argument("--sizes", type=int, nargs="+", help="training set sizes (default: 32 64 128 256)")
-    p.add_argument("--steps-per-n", type=float, help="each run trains max(min_steps, steps_per_n * n) steps (default: 200)")
+    p.add_argument("--steps-per-n", type=float, help="each run trains max(min_steps, steps_per_n * n) steps (default: 120)")
     p.add_argument("--min-steps", type=int, help="default: 4000")
     p.add_argument("--workers", type=int, default=None, help="parallel processes (default: number of cores)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -3,7 +3,7 @@
 The paper reads both times off its curves and gives no numeric rule. Ours (docs/dynamics.md):
 
 * **tau_mem** — the first training time at which the *lower* end of the 95% bootstrap interval of
-  f_mem reaches ``mem_threshold`` (default 0.02) and stays there at the next checkpoint too,
+  f_mem reaches ``mem_threshold`` (default 0.01) and stays there at the next checkpoint too,
   interpolated linearly in log time between the two checkpoints that bracket the crossing. Using
   the lower bound means a handful of lucky near-copies among the samples cannot trigger it.
 * **tau_gen** — the first training time at which the quality (a Fréchet distance: lower is better)
@@ -30,7 +30,7 @@ __all__ = ["TimeRules", "tau_mem", "tau_gen", "tau_test_min", "fit_scaling", "co
 
 @dataclass(frozen=True)
 class TimeRules:
-    mem_threshold: float = 0.02
+    mem_threshold: float = 0.01
     gen_fraction: float = 0.1
     persist: int = 1  # the crossing must hold for this many further checkpoints (where they exist)
 

@@ -28,7 +28,7 @@ __all__ = ["EvalConfig", "measure", "sample_checkpoint"]
 
 @dataclass(frozen=True)
 class EvalConfig:
-    samples: int = 500
+    samples: int = 1000
     sampling_steps: int = 50
     sampler: str = "ddim"
     k: float = 1 / 3

@@ -34,7 +34,7 @@ __all__ = ["StudyConfig", "run_study", "study_jobs", "write_outputs"]
 @dataclass(frozen=True)
 class StudyConfig:
     sizes: tuple[int, ...] = (32, 64, 128, 256)
-    steps_per_n: float = 200.0  # each run trains for max(min_steps, steps_per_n * n) steps
+    steps_per_n: float = 120.0  # each run trains for max(min_steps, steps_per_n * n) steps
     min_steps: int = 4000
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)

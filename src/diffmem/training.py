@@ -48,8 +48,8 @@ class TrainConfig:
     momentum: float = 0.95
     batch_size: Optional[int] = None  # min(n, 512), the paper's recipe (full batch for n <= 512)
     steps: int = 10_000
-    checkpoints: int = 24  # log-spaced checkpoint count
-    first_checkpoint: int = 100
+    checkpoints: int = 32  # log-spaced checkpoint count
+    first_checkpoint: int = 10  # early enough to see the quality fall from noise
     resume_every: int = 1000
     log_every: int = 100
     T: int = 1000  # noqa: N815
