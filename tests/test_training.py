@@ -134,3 +134,50 @@ def test_sgd_recipe_and_loss_decreases(tmp_path):
     assert cfg["lr"] == 0.01 and cfg["momentum"] == 0.95 and cfg["batch_size"] == 32
     log = _io.read_jsonl(run / "train_log.jsonl")
     assert log[-1]["loss"] < log[0]["loss"]
+
+
+def test_resolve_device_names_and_errors(monkeypatch):
+    from diffmem.config import resolve_device
+
+    assert resolve_device(None) == torch.device("cpu")
+    assert resolve_device(" CPU ") == torch.device("cpu")
+    with pytest.raises(ValueError, match="unknown device 'banana'"):
+        resolve_device("banana")
+    with pytest.raises(ValueError, match="not supported"):
+        resolve_device("meta")
+    # without a GPU, asking for one is an error that says what to do, never a silent CPU run
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="sees no CUDA GPU.*--device cpu"):
+        resolve_device("cuda")
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None:
+        monkeypatch.setattr(mps, "is_available", lambda: False)
+    assert resolve_device("auto") == torch.device("cpu")
+    # with one, "auto" picks it and a missing index is refused
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert resolve_device("auto") == torch.device("cuda")
+    assert resolve_device("cuda:0") == torch.device("cuda", 0)
+    with pytest.raises(ValueError, match="only 1 CUDA device"):
+        resolve_device("cuda:3")
+
+
+def test_explicit_cpu_device_is_the_default_run(tmp_path, tiny_train_kwargs):
+    from safetensors.torch import load_file
+
+    cfg = TrainConfig(**tiny_train_kwargs)
+    a = train(cfg, tmp_path / "a")
+    b = train(cfg, tmp_path / "b", device="cpu")
+    for (_, pa), (_, pb) in zip(list_checkpoints(a), list_checkpoints(b), strict=True):
+        ta, tb = load_file(pa), load_file(pb)
+        assert all(torch.equal(ta[k], tb[k]) for k in ta)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without a GPU")
+def test_cli_refuses_a_missing_gpu_before_any_work(tmp_path):
+    from diffmem.cli import main
+
+    for argv in (["train", "--n", "16", "--steps", "10"], ["dynamics", "--sizes", "16", "32"]):
+        out = tmp_path / argv[0]
+        assert main([*argv, "--out", str(out), "--device", "cuda"]) == 2
+        assert not out.exists()

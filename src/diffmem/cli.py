@@ -54,6 +54,7 @@ def _common(p: argparse.ArgumentParser, out_default: str) -> None:
     p.add_argument("--out", default=out_default, help=f"output folder (default: {out_default})")
     p.add_argument("--seed", type=int, default=None, help="random seed (training and evaluation)")
     p.add_argument("--dry-run", action="store_true", help="print the resolved configuration as JSON and exit")
+    p.add_argument("--device", default="cpu", help="where models train and sample: cpu (default), cuda, cuda:N, mps, or auto (a GPU if torch sees one)")
 
 
 def _print_json(obj: Any) -> None:
@@ -101,7 +102,7 @@ def cmd_dynamics(args) -> int:
 
         _print_json({**to_dict(cfg), "runs": {n: to_dict(cfg.run_config(n)) for n in cfg.sizes}})
         return 0
-    res = run_study(cfg, args.out, workers=args.workers, show_progress=not args.quiet)
+    res = run_study(cfg, args.out, workers=args.workers, show_progress=not args.quiet, device=args.device)
     fit = res["fit"]
     print()
     print(_table(summary_table(res)))
@@ -154,14 +155,12 @@ def cmd_train(args) -> int:
 
     torch.set_num_threads(args.threads)
     with tqdm(total=cfg.steps, desc="train", disable=args.quiet) as bar:
-        train(cfg, args.out, progress=lambda s, t: (setattr(bar, "n", s), bar.refresh()))
+        train(cfg, args.out, progress=lambda s, t: (setattr(bar, "n", s), bar.refresh()), device=args.device)
     print(f"trained {cfg.steps} steps; checkpoints in {Path(args.out) / 'checkpoints'}")
     return 0
 
 
 def cmd_sample(args) -> int:
-    import numpy as np
-
     from . import _io
     from .measure import EvalConfig, sample_checkpoint
     from .training import list_checkpoints, load_checkpoint, load_split
@@ -181,11 +180,10 @@ def cmd_sample(args) -> int:
         _print_json({"run": to_dict(cfg), "eval": to_dict(ev), "step": step})
         return 0
     sp = load_split(cfg)
-    x = sample_checkpoint(load_checkpoint(ckpts[step], cfg, sp.shape), cfg, ev, sp.shape)
+    x = sample_checkpoint(load_checkpoint(ckpts[step], cfg, sp.shape, device=args.device), cfg, ev, sp.shape)
     path = Path(args.out) / "samples" / f"sampled_step_{step:07d}.npz"
     _io.save_npz(path, samples=x.numpy(), pixels=sp.to_pixels(x).clamp(0, 1).numpy())
     print(f"wrote {len(x)} samples (model space and pixels) to {path}")
-    del np
     return 0
 
 
@@ -209,7 +207,7 @@ def cmd_measure(args) -> int:
         bar.n = i
         bar.refresh()
 
-    recs = measure(cfg, ev, args.out, progress=prog)
+    recs = measure(cfg, ev, args.out, progress=prog, device=args.device)
     bar.close()
     rows = [["step", "f_mem", "f_mem CI", "quality", "loss_train", "loss_test"]]
     for r in recs:

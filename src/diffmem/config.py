@@ -5,9 +5,12 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Optional, TypeVar
+from typing import TYPE_CHECKING, Any, Optional, TypeVar
 
 from . import _io
+
+if TYPE_CHECKING:
+    import torch
 
 C = TypeVar("C")
 
@@ -46,8 +49,42 @@ def claim_folder(folder: Path, cfg: Any, *, name: str = "config.json", overwrite
     _io.write_json(path, want)
 
 
+def resolve_device(device: Optional[str] = None) -> "torch.device":
+    """The torch device to compute on: ``None``/``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"`` or ``"auto"``
+    (the first GPU if torch sees one, else the CPU). Asking for a device torch cannot use is an error
+    that says so, not a silent fall-back to the CPU.
+
+    The device is not part of a run's configuration: a run started on one device resumes on another.
+    """
+    import torch
+
+    name = "cpu" if device is None else str(device).strip().lower()
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        mps = getattr(torch.backends, "mps", None)
+        return torch.device("mps" if mps is not None and mps.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError as e:
+        raise ValueError(f"unknown device {device!r} ({e}); use cpu, cuda, cuda:N, mps or auto") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device!r} asked for, but this torch ({torch.__version__}) sees no CUDA GPU; "
+                             "install a CUDA build of torch, or use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device {device!r} asked for, but only {torch.cuda.device_count()} CUDA device(s) are visible")
+    elif dev.type == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise ValueError(f"device {device!r} asked for, but MPS is not available here; use --device cpu")
+    elif dev.type != "cpu":
+        raise ValueError(f"device {device!r} is not supported; use cpu, cuda, cuda:N, mps or auto")
+    return dev
+
+
 def replace(cfg: C, **changes: Any) -> C:
     return dataclasses.replace(cfg, **changes)  # type: ignore[type-var]
 
 
-__all__ = ["from_dict", "to_dict", "claim_folder", "replace", "dataclass", "Optional"]
+__all__ = ["from_dict", "to_dict", "claim_folder", "resolve_device", "replace", "dataclass", "Optional"]

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from . import _io, sampling
-from .config import claim_folder
+from .config import claim_folder, resolve_device
 from .data import Split
 from .metrics import loss_at_time, memorization_fraction
 from .training import TrainConfig, list_checkpoints, load_checkpoint, load_split
@@ -49,17 +49,19 @@ class EvalConfig:
 
 
 def sample_checkpoint(model: torch.nn.Module, cfg: TrainConfig, ev: EvalConfig, shape) -> torch.Tensor:
+    """``ev.samples`` samples of ``model`` (on the model's device), returned on the CPU."""
     sched = cfg.schedule()
+    dev = next(model.parameters()).device
     seeds = [ev.seed * 1_000_003 + i for i in range(ev.samples)]
     out = []
     with torch.no_grad():
         for i in range(0, ev.samples, ev.batch):
-            x_T = sampling.randn_per_sample(seeds[i : i + ev.batch], shape)  # noqa: N806
+            x_T = sampling.randn_per_sample(seeds[i : i + ev.batch], shape).to(dev)  # noqa: N806
             if ev.sampler == "ddim":
-                out.append(sampling.ddim(model, x_T, sched, ev.sampling_steps))
+                out.append(sampling.ddim(model, x_T, sched, ev.sampling_steps).cpu())
             else:
                 g = torch.Generator().manual_seed(ev.seed + i)
-                out.append(sampling.ddpm(model, x_T, sched, ev.sampling_steps, generator=g))
+                out.append(sampling.ddpm(model, x_T, sched, ev.sampling_steps, generator=g).cpu())
     return torch.cat(out)
 
 
@@ -70,8 +72,12 @@ def measure(
     *,
     progress: Optional[Callable[[int, int], None]] = None,
     split: Optional[Split] = None,
+    device: Optional[str] = None,
 ) -> list[dict]:
-    """Evaluate the checkpoints of ``run_dir`` not yet in ``metrics.jsonl``; returns all records."""
+    """Evaluate the checkpoints of ``run_dir`` not yet in ``metrics.jsonl``; returns all records.
+
+    The model samples and computes its losses on ``device`` (default CPU); the memorization
+    statistics and Fréchet distances are computed on the CPU in float64."""
     from .metrics.frechet import feature_space, frechet
 
     cfg = cfg.resolved()
@@ -86,10 +92,12 @@ def measure(
     metrics_path = run_dir / "metrics.jsonl"
     done = {r["step"] for r in _io.read_jsonl(metrics_path)}
     real = sp.to_pixels(sp.test).clamp(0, 1)
+    dev = resolve_device(device)
+    train_dev, test_dev = sp.train.to(dev), sp.test.to(dev)
     sched = cfg.schedule()
     todo = [(s, p) for s, p in ckpts if s not in done]
     for j, (step, path) in enumerate(todo):
-        model = load_checkpoint(path, cfg, sp.shape)
+        model = load_checkpoint(path, cfg, sp.shape, device=dev)
         x = sample_checkpoint(model, cfg, ev, sp.shape)
         mem = memorization_fraction(x, sp.train, ev.k, n_boot=ev.n_boot, seed=ev.seed)
         quality = frechet(sp.to_pixels(x).clamp(0, 1), real, space)
@@ -99,8 +107,8 @@ def measure(
             "f_mem_ci": list(mem.ci),
             "quality": quality,
             "quality_metric": f"frechet[{space.name}]",
-            "loss_train": loss_at_time(model, sp.train, sched, ev.loss_t, ev.loss_draws, seed=ev.seed),
-            "loss_test": loss_at_time(model, sp.test, sched, ev.loss_t, ev.loss_draws, seed=ev.seed),
+            "loss_train": loss_at_time(model, train_dev, sched, ev.loss_t, ev.loss_draws, seed=ev.seed),
+            "loss_test": loss_at_time(model, test_dev, sched, ev.loss_t, ev.loss_draws, seed=ev.seed),
             "median_ratio": float(np.median(mem.ratios)),
         }
         _io.save_npz(run_dir / "samples" / f"step_{step:07d}.npz", samples=x.numpy(), nearest=mem.nearest, ratios=mem.ratios)

@@ -149,7 +149,8 @@ def ddpm(
         mean = (ab_prev**0.5 * beta / (1.0 - ab)) * x0 + ((1.0 - beta) ** 0.5 * (1.0 - ab_prev) / (1.0 - ab)) * x
         if k_prev >= 0:
             var = (1.0 - ab_prev) / (1.0 - ab) * beta
-            z = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+            # drawn where the generator lives (a CPU generator gives the same noise on every device)
+            z = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=generator.device if generator is not None else x.device).to(x.device)
             x_new = mean + var**0.5 * z
         else:
             x_new = mean

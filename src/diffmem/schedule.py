@@ -74,5 +74,5 @@ def ou_time_from_alpha_bar(alpha_bar: float) -> float:
 
 def noise(x0: torch.Tensor, eps: torch.Tensor, alpha_bar: torch.Tensor) -> torch.Tensor:
     """Forward process: sqrt(alpha_bar) x0 + sqrt(1 - alpha_bar) eps, alpha_bar broadcast per sample."""
-    ab = alpha_bar.to(x0.dtype).reshape(-1, *([1] * (x0.ndim - 1)))
+    ab = alpha_bar.to(x0.device, x0.dtype).reshape(-1, *([1] * (x0.ndim - 1)))
     return ab.sqrt() * x0 + (1.0 - ab).sqrt() * eps

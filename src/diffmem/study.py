@@ -22,7 +22,7 @@ from typing import Optional
 import numpy as np
 
 from . import _io, report
-from .config import claim_folder, to_dict
+from .config import claim_folder, resolve_device, to_dict
 from .dynamics import TimeRules, analyze
 from .measure import EvalConfig
 from .sweep import Job, run_jobs
@@ -70,11 +70,11 @@ class StudyConfig:
         )
 
 
-def study_jobs(cfg: StudyConfig, out: Path) -> list[Job]:
+def study_jobs(cfg: StudyConfig, out: Path, device: str = "cpu") -> list[Job]:
     """One job per size, largest first (the longest runs start first, which balances the workers)."""
     jobs = []
     for n in sorted(cfg.sizes, reverse=True):
-        jobs.append(Job(f"n={n}", cfg.run_config(n), cfg.eval, str(out / "runs" / f"n_{n:05d}")))
+        jobs.append(Job(f"n={n}", cfg.run_config(n), cfg.eval, str(out / "runs" / f"n_{n:05d}"), device))
     return jobs
 
 
@@ -111,15 +111,18 @@ def _samples_figure(cfg: StudyConfig, out: Path, results: dict, per_row: int = 1
     return report.sample_grid(rows, out / "figures" / "samples.png", "Late samples (top) and their nearest training images (bottom)")
 
 
-def run_study(cfg: StudyConfig, out: str | Path, *, workers: Optional[int] = None, show_progress: bool = True) -> dict:
-    """Run (or resume) the whole study in ``out``; returns the results dictionary."""
+def run_study(cfg: StudyConfig, out: str | Path, *, workers: Optional[int] = None, show_progress: bool = True, device: str = "cpu") -> dict:
+    """Run (or resume) the whole study in ``out``; returns the results dictionary.
+
+    ``device`` is where every run trains and samples (``"cuda"``, ``"auto"``...; checked before any work)."""
     cfg.validate()
+    device = str(resolve_device(device))
     out = Path(out)
     for n in cfg.sizes:  # fail fast on impossible sizes, before any work
         load_split(cfg.run_config(n))
     claim_folder(out, cfg)
     t0 = time.time()
-    jobs = study_jobs(cfg, out)
+    jobs = study_jobs(cfg, out, device)
     res = run_jobs(jobs, workers=workers, show_progress=show_progress)
     records = {j.train.n: res[j.name]["records"] for j in jobs}
     return write_outputs(cfg, out, records, time.time() - t0)

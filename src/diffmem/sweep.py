@@ -28,6 +28,7 @@ class Job:
     train: TrainConfig
     eval: EvalConfig
     run_dir: str
+    device: str = "cpu"  # where the job trains and samples (not part of the run's configuration)
 
 
 def default_workers(jobs: int) -> int:
@@ -43,8 +44,8 @@ def run_job(job: Job, threads: int = 1, q=None) -> dict:
     def report(stage: str):
         return (lambda i, total: q.put((job.name, stage, i, total))) if q is not None else None
 
-    train(job.train, job.run_dir, progress=report("train"))
-    records = measure(job.train, job.eval, job.run_dir, progress=report("measure"))
+    train(job.train, job.run_dir, progress=report("train"), device=job.device)
+    records = measure(job.train, job.eval, job.run_dir, progress=report("measure"), device=job.device)
     return {"name": job.name, "records": records}
 
 

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from . import _io, data, models
-from .config import claim_folder
+from .config import claim_folder, resolve_device
 from .schedule import Schedule, linear, noise
 
 __all__ = ["TrainConfig", "checkpoint_steps", "load_split", "build_model", "train", "load_checkpoint", "list_checkpoints"]
@@ -116,6 +116,8 @@ def _state_tensors(step: int, model: nn.Module, opt: torch.optim.Optimizer, gen:
             out[f"optim.{i}.{key}"] = val if isinstance(val, torch.Tensor) else torch.tensor(val)
     out["rng.loop"] = gen.get_state()
     out["rng.torch"] = torch.get_rng_state()
+    if torch.cuda.is_initialized():  # dropout on a GPU draws from the CUDA generator
+        out["rng.cuda"] = torch.cuda.get_rng_state()
     out["step"] = torch.tensor(step, dtype=torch.int64)
     return out
 
@@ -131,6 +133,8 @@ def _restore(tensors: dict[str, torch.Tensor], model: nn.Module, opt: torch.opti
     opt.load_state_dict({"state": state, "param_groups": sd["param_groups"]})
     gen.set_state(tensors["rng.loop"])
     torch.set_rng_state(tensors["rng.torch"])
+    if "rng.cuda" in tensors and torch.cuda.is_available():
+        torch.cuda.set_rng_state(tensors["rng.cuda"])
     return int(tensors["step"])
 
 
@@ -144,14 +148,14 @@ def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
     return out
 
 
-def load_checkpoint(path: Path, cfg: TrainConfig, shape) -> nn.Module:
+def load_checkpoint(path: Path, cfg: TrainConfig, shape, device: Optional[str] = None) -> nn.Module:
     tensors, _ = _io.load_tensors(path)
     model = models.build(cfg.model, shape, cfg.width)
     try:
         model.load_state_dict(tensors)
     except RuntimeError as e:
         raise ValueError(f"{path} does not match the configured model ({cfg.model}, width {cfg.width}): {e}") from e
-    return model.eval()
+    return model.to(resolve_device(device)).eval()
 
 
 def train(
@@ -160,15 +164,22 @@ def train(
     *,
     progress: Optional[Callable[[int, int], None]] = None,
     split: Optional[data.Split] = None,
+    device: Optional[str] = None,
 ) -> Path:
     """Train (or resume) the run in ``run_dir``; returns the folder. ``progress(step, total)`` is called
-    every ``log_every`` steps."""
+    every ``log_every`` steps.
+
+    ``device`` (default CPU; see :func:`diffmem.config.resolve_device`) is where the model trains. All
+    random draws (batches, steps, noise) come from a CPU generator whatever the device, so a run sees
+    the same data on every device; bit-identical resumes are guaranteed on the CPU (a GPU's
+    kernels may round differently from run to run)."""
     cfg = cfg.resolved()
+    dev = resolve_device(device)
     run_dir = Path(run_dir)
     sp = split if split is not None else load_split(cfg)
     claim_folder(run_dir, cfg)
     (run_dir / "checkpoints").mkdir(exist_ok=True)
-    model = build_model(cfg, sp.shape).train()
+    model = build_model(cfg, sp.shape).to(dev).train()
     opt = _optimizer(cfg, model)
     gen = torch.Generator().manual_seed(cfg.seed + 1)
     state_path = run_dir / "state.safetensors"
@@ -185,17 +196,18 @@ def train(
 
 
 def _loop(cfg, run_dir, model, opt, gen, sp, start, progress) -> None:
+    dev = next(model.parameters()).device
     ab = cfg.schedule().alphas_cumprod.to(torch.float32)
     state_path = run_dir / "state.safetensors"
     grid = set(checkpoint_steps(cfg.steps, cfg.checkpoints, cfg.first_checkpoint))
-    x_train, n, b = sp.train, sp.train.shape[0], int(cfg.batch_size)  # type: ignore[arg-type]
+    x_train, n, b = sp.train.to(dev), sp.train.shape[0], int(cfg.batch_size)  # type: ignore[arg-type]
     log_path = run_dir / "train_log.jsonl"
     running, t0 = 0.0, time.time()
     for step in range(start + 1, cfg.steps + 1):
-        x0 = x_train if b == n else x_train[torch.randperm(n, generator=gen)[:b]]
+        x0 = x_train if b == n else x_train[torch.randperm(n, generator=gen)[:b].to(dev)]
         k = torch.randint(1, cfg.T, (b,), generator=gen)
-        eps = torch.randn(x0.shape, generator=gen)
-        loss = ((model(noise(x0, eps, ab[k]), k.float()) - eps) ** 2).mean()
+        eps = torch.randn(x0.shape, generator=gen).to(dev)
+        loss = ((model(noise(x0, eps, ab[k]), k.to(dev, torch.float32)) - eps) ** 2).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -73,11 +73,12 @@ def _load(args: argparse.Namespace, out: Path):
             raise ValueError("auditing a pipeline needs --manifest FILE (the prompts and their training images)")
         import torch
 
+        from ..config import resolve_device
         from .diffusers_adapter import load_pipeline_model
         from .manifest import read_manifest
 
         specs = read_manifest(args.manifest)
-        model = load_pipeline_model(folder, device=args.device, dtype=torch.float32)
+        model = load_pipeline_model(folder, device=resolve_device(args.device), dtype=torch.float32)
     return model, specs, severity, time.time() - t0
 
 
@@ -145,7 +146,7 @@ def register(subparsers) -> None:
     t.add_argument("--testbed-steps", type=int, default=None, help="training steps of the testbed (default 8000)")
     t.add_argument("--testbed-width", type=int, default=None, help="MLP width of the testbed (default 256)")
     p.add_argument("--no-trajectories", action="store_true", help="do not keep the recorded trajectories on disk")
-    p.add_argument("--device", default="cpu", help="torch device for a pipeline (default cpu)")
+    p.add_argument("--device", default="cpu", help="torch device for a pipeline: cpu (default), cuda, cuda:N, mps or auto")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: 1 for the testbed, torch's choice for a pipeline)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--dry-run", action="store_true", help="print the resolved configuration as JSON and exit")

@@ -13,7 +13,7 @@ __all__ = ["loss_at_time", "eps_loss"]
 
 def eps_loss(model: Callable, x0: torch.Tensor, k: torch.Tensor, eps: torch.Tensor, schedule: Schedule) -> torch.Tensor:
     """Per-example mean squared error between eps and the model's eps-prediction at steps k."""
-    ab = schedule.alphas_cumprod[k]
+    ab = schedule.alphas_cumprod.to(k.device)[k]
     pred = model(noise(x0, eps, ab), k.to(x0.dtype))
     return ((pred - eps) ** 2).flatten(1).mean(1)
 
@@ -40,8 +40,8 @@ def loss_at_time(
     for _ in range(draws):
         for i in range(0, x0.shape[0], batch):
             xb = x0[i : i + batch]
-            eps = torch.randn(xb.shape, generator=g, dtype=xb.dtype)
-            kk = torch.full((xb.shape[0],), k, dtype=torch.long)
+            eps = torch.randn(xb.shape, generator=g, dtype=xb.dtype).to(xb.device)  # same draws on any device
+            kk = torch.full((xb.shape[0],), k, dtype=torch.long, device=xb.device)
             total += float(eps_loss(model, xb, kk, eps, schedule).double().sum())
             count += xb.shape[0]
     return total / count
