@@ -58,12 +58,15 @@ def resolve_device(device: Optional[str] = None) -> "torch.device":
     """
     import torch
 
+    def mps_available() -> bool:
+        mps = getattr(torch.backends, "mps", None)
+        return mps is not None and mps.is_available()
+
     name = "cpu" if device is None else str(device).strip().lower()
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
-        mps = getattr(torch.backends, "mps", None)
-        return torch.device("mps" if mps is not None and mps.is_available() else "cpu")
+        return torch.device("mps" if mps_available() else "cpu")
     try:
         dev = torch.device(name)
     except RuntimeError as e:
@@ -75,8 +78,7 @@ def resolve_device(device: Optional[str] = None) -> "torch.device":
         if dev.index is not None and dev.index >= torch.cuda.device_count():
             raise ValueError(f"device {device!r} asked for, but only {torch.cuda.device_count()} CUDA device(s) are visible")
     elif dev.type == "mps":
-        mps = getattr(torch.backends, "mps", None)
-        if mps is None or not mps.is_available():
+        if not mps_available():
             raise ValueError(f"device {device!r} asked for, but MPS is not available here; use --device cpu")
     elif dev.type != "cpu":
         raise ValueError(f"device {device!r} is not supported; use cpu, cuda, cuda:N, mps or auto")
