@@ -49,7 +49,7 @@ def claim_folder(folder: Path, cfg: Any, *, name: str = "config.json", overwrite
     _io.write_json(path, want)
 
 
-def resolve_device(device: Optional[str] = None) -> "torch.device":
+def resolve_device(device: "Optional[str | torch.device]" = None) -> "torch.device":
     """The torch device to compute on: ``None``/``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"`` or ``"auto"``
     (the first GPU if torch sees one, else the CPU). Asking for a device torch cannot use is an error
     that says so, not a silent fall-back to the CPU.

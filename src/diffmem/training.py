@@ -148,7 +148,7 @@ def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
     return out
 
 
-def load_checkpoint(path: Path, cfg: TrainConfig, shape, device: Optional[str] = None) -> nn.Module:
+def load_checkpoint(path: Path, cfg: TrainConfig, shape, device: Optional[str | torch.device] = None) -> nn.Module:
     tensors, _ = _io.load_tensors(path)
     model = models.build(cfg.model, shape, cfg.width)
     try:
