@@ -64,7 +64,8 @@ def main() -> None:
     rec["targets_met"] = {
         "a_memorized_within_20pct_of_g": abs(rec["a_mean"]["memorized"] - g) <= 0.2 * g,
         "a_normal_below_g_over_3": rec["a_mean"]["normal"] < g / 3,
-        "memorized_collapse_normal_not": rec["final_seed_distance"]["memorized"] < 0.25 * rec["final_seed_distance"]["normal"],
+        "memorized_collapse_normal_not": rec["final_seed_distance"]["memorized"]
+        < 0.25 * rec["final_seed_distance"]["normal"],
         "pearson_deviation_ge_0.8": max(rec["pearson_D1"] or 0, rec["pearson_D2"] or 0) >= 0.8,
         "best_auroc_ge_0.95": det[best]["auroc"] >= 0.95,
         "under_6_min": wall <= 360,

@@ -55,11 +55,21 @@ def bench_spectrum(d: int, seed: int) -> dict:
     t0 = time.perf_counter()
     ex = np.linalg.eigvalsh(U)
     t_eig = time.perf_counter() - t0
-    return {"d": d, "p": p, "n": n, "delta_peak_weight_theory": spec.delta_peak_weight, "delta_peak_weight_solver": spec.delta_peak_weight_solver,
-            "delta_peak_weight_ge_count": float(at_s2.mean()), "ks_ge": _ks(spec, ge[~at_s2]), "ks_exact_top": _ks(spec, np.sort(ex)[-k:]),
-            "edges": spec.edges, "exact_build_s": t_build, "exact_eigvalsh_s": t_eig,
-            "exact_quantiles": {str(q): float(np.quantile(np.sort(ex)[-k:], q)) for q in (0.05, 0.5, 0.95)},
-            "ge_quantiles": {str(q): float(np.quantile(np.sort(ge)[-k:], q)) for q in (0.05, 0.5, 0.95)}}
+    return {
+        "d": d,
+        "p": p,
+        "n": n,
+        "delta_peak_weight_theory": spec.delta_peak_weight,
+        "delta_peak_weight_solver": spec.delta_peak_weight_solver,
+        "delta_peak_weight_ge_count": float(at_s2.mean()),
+        "ks_ge": _ks(spec, ge[~at_s2]),
+        "ks_exact_top": _ks(spec, np.sort(ex)[-k:]),
+        "edges": spec.edges,
+        "exact_build_s": t_build,
+        "exact_eigvalsh_s": t_eig,
+        "exact_quantiles": {str(q): float(np.quantile(np.sort(ex)[-k:], q)) for q in (0.05, 0.5, 0.95)},
+        "ge_quantiles": {str(q): float(np.quantile(np.sort(ge)[-k:], q)) for q in (0.05, 0.5, 0.95)},
+    }
 
 
 def bench_large_ge(d: int, seed: int) -> dict:
@@ -74,8 +84,15 @@ def bench_large_ge(d: int, seed: int) -> dict:
     e = ge_eigenvalues(gaussian_equivalent(prob, c, seed=np.random.default_rng([seed, 1])))
     t_ge = time.perf_counter() - t0
     at = np.abs(e - c.s2) <= 1e-9 * c.s2
-    return {"d": d, "p": prob.p, "n": prob.n, "ks_ge": _ks(spec, e[~at]), "delta_count": float(at.mean()), "ge_eigs_s": t_ge,
-            "dense_matrix_gb": prob.p**2 * 8 / 1e9}
+    return {
+        "d": d,
+        "p": prob.p,
+        "n": prob.n,
+        "ks_ge": _ks(spec, e[~at]),
+        "delta_count": float(at.mean()),
+        "ge_eigs_s": t_ge,
+        "dense_matrix_gb": prob.p**2 * 8 / 1e9,
+    }
 
 
 def bench_speed(eig_ds, seed: int) -> dict:
@@ -100,14 +117,34 @@ def bench_speed(eig_ds, seed: int) -> dict:
         np.linalg.eigvalsh(U)
         eig.append({"d": d, "p": prob.p, "eigvalsh_s": time.perf_counter() - t0})
         del U
-    return {"solver_400_s": solve, "solver_400_all_s": times, "unconverged": int((~spec.converged).sum()), "mass": spec.mass,
-            "d1000": {"p": 64000, "solver_s": solve_1000, "unconverged": int((~big.converged).sum()), "dense_matrix_gb": 64000**2 * 8 / 1e9},
-            "eigvalsh": eig, "speed_ratio_at_largest": eig[-1]["eigvalsh_s"] / solve}
+    return {
+        "solver_400_s": solve,
+        "solver_400_all_s": times,
+        "unconverged": int((~spec.converged).sum()),
+        "mass": spec.mass,
+        "d1000": {
+            "p": 64000,
+            "solver_s": solve_1000,
+            "unconverged": int((~big.converged).sum()),
+            "dense_matrix_gb": 64000**2 * 8 / 1e9,
+        },
+        "eigvalsh": eig,
+        "speed_ratio_at_largest": eig[-1]["eigvalsh_s"] / solve,
+    }
 
 
 def bench_dynamics(d: int, psi_ns, max_steps: int, seed: int) -> dict:
-    from diffmem.theory import (exact_curves, exact_matrices, fit_power_law, gaussian_equivalent_curves,
-                                make_problem, population_matrices, predicted_times, rf_constants, simulate_gd)
+    from diffmem.theory import (
+        exact_curves,
+        exact_matrices,
+        fit_power_law,
+        gaussian_equivalent_curves,
+        make_problem,
+        population_matrices,
+        predicted_times,
+        rf_constants,
+        simulate_gd,
+    )
 
     psi_p, t = 64.0, 0.1
     c = rf_constants(t)
@@ -131,8 +168,15 @@ def bench_dynamics(d: int, psi_ns, max_steps: int, seed: int) -> dict:
                 last[0] = time.perf_counter()
                 print(f"  psi_n={pn:g}: GD step {k}/{n}", flush=True)
 
-        gd = simulate_gd(prob, taus, dtau=dtau, seed=np.random.default_rng([seed, i, 2]), dtype=np.float32, matrices=(U, V, pop),
-                         progress=progress)
+        gd = simulate_gd(
+            prob,
+            taus,
+            dtau=dtau,
+            seed=np.random.default_rng([seed, i, 2]),
+            dtype=np.float32,
+            matrices=(U, V, pop),
+            progress=progress,
+        )
         t0 = time.perf_counter()
         ref = exact_curves(prob, gd.tau, matrices=(U, V, pop))
         t_cf = time.perf_counter() - t0
@@ -141,12 +185,28 @@ def bench_dynamics(d: int, psi_ns, max_steps: int, seed: int) -> dict:
         for name, other in (("exact", ref), ("ge", ge)):
             for k in ("L_train", "L_test"):
                 err[f"{k}_vs_{name}"] = float(np.max(np.abs(getattr(gd, k) / getattr(other, k) - 1.0)))
-        runs.append({"psi_n": pn, "p": prob.p, "n": prob.n, "dtau": dtau, "steps": gd.meta["n_steps"], "gd_s": gd.meta["seconds"],
-                     "matrices_s": t_mat, "closed_form_s": t_cf, "tau_max_over_tau_mem": float(gd.tau[-1] / pred["tau_mem"]),
-                     "tau": gd.tau.tolist(), "gd": {"L_train": gd.L_train.tolist(), "L_test": gd.L_test.tolist()},
-                     "exact": {"L_train": ref.L_train.tolist(), "L_test": ref.L_test.tolist()},
-                     "ge": {"L_train": ge.L_train.tolist(), "L_test": ge.L_test.tolist()}, "max_rel_err": err})
-        print(f"  psi_n={pn:g}: {gd.meta['n_steps']} GD steps in {gd.meta['seconds']:.0f} s, max rel err {err}", flush=True)
+        runs.append(
+            {
+                "psi_n": pn,
+                "p": prob.p,
+                "n": prob.n,
+                "dtau": dtau,
+                "steps": gd.meta["n_steps"],
+                "gd_s": gd.meta["seconds"],
+                "matrices_s": t_mat,
+                "closed_form_s": t_cf,
+                "tau_max_over_tau_mem": float(gd.tau[-1] / pred["tau_mem"]),
+                "tau": gd.tau.tolist(),
+                "gd": {"L_train": gd.L_train.tolist(), "L_test": gd.L_test.tolist()},
+                "exact": {"L_train": ref.L_train.tolist(), "L_test": ref.L_test.tolist()},
+                "ge": {"L_train": ge.L_train.tolist(), "L_test": ge.L_test.tolist()},
+                "max_rel_err": err,
+            }
+        )
+        print(
+            f"  psi_n={pn:g}: {gd.meta['n_steps']} GD steps in {gd.meta['seconds']:.0f} s, max rel err {err}",
+            flush=True,
+        )
     grid = [4.0, 8.0, 16.0, 32.0]
     fit = fit_power_law(grid, [predicted_times(c, psi_p, pn)["tau_mem"] for pn in grid])
     return {"runs": runs, "tau_mem_fit": fit, "predicted": {str(pn): predicted_times(c, psi_p, pn) for pn in grid}}
@@ -158,7 +218,9 @@ def main() -> None:
     ap.add_argument("--d", type=int, default=100)
     ap.add_argument("--psi-n", type=float, nargs="+", default=[4.0, 8.0, 16.0, 32.0])
     ap.add_argument("--gd-max-steps", type=int, default=2000, help="cap on GD steps per psi_n")
-    ap.add_argument("--eig-d", type=int, nargs="+", default=[50, 100, 150], help="d of the dense eigvalsh timings (p = 64 d)")
+    ap.add_argument(
+        "--eig-d", type=int, nargs="+", default=[50, 100, 150], help="d of the dense eigvalsh timings (p = 64 d)"
+    )
     ap.add_argument("--large-d", type=int, default=400, help="d of the large Gaussian-equivalent check (p = 64 d)")
     ap.add_argument("--skip", nargs="*", default=[], choices=["spectrum", "speed", "dynamics", "large"])
     ap.add_argument("--seed", type=int, default=0)
@@ -166,21 +228,33 @@ def main() -> None:
     from diffmem._io import write_json
 
     out = Path(args.out)
-    res = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "omp_threads": os.environ.get("OMP_NUM_THREADS")}}
+    res = {
+        "machine": {
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "omp_threads": os.environ.get("OMP_NUM_THREADS"),
+        }
+    }
     t_all = time.perf_counter()
     if "speed" not in args.skip:
         print("solver speed ...", flush=True)
         res["speed"] = s = bench_speed(args.eig_d, args.seed)
-        print(f"  400-point density: {s['solver_400_s']:.3f} s ({s['unconverged']} unconverged, mass {s['mass']:.4f}); "
-              f"d=1000 (p=64000): {s['d1000']['solver_s']:.3f} s, dense matrix would be {s['d1000']['dense_matrix_gb']:.0f} GB")
+        print(
+            f"  400-point density: {s['solver_400_s']:.3f} s ({s['unconverged']} unconverged, mass {s['mass']:.4f}); "
+            f"d=1000 (p=64000): {s['d1000']['solver_s']:.3f} s, dense matrix would be {s['d1000']['dense_matrix_gb']:.0f} GB"
+        )
         for e in s["eigvalsh"]:
-            print(f"  eigvalsh p={e['p']}: {e['eigvalsh_s']:.2f} s  (ratio to solver {e['eigvalsh_s'] / s['solver_400_s']:.0f}x)")
+            print(
+                f"  eigvalsh p={e['p']}: {e['eigvalsh_s']:.2f} s  (ratio to solver {e['eigvalsh_s'] / s['solver_400_s']:.0f}x)"
+            )
         write_json(out / "bench_theory.json", res)
     if "spectrum" not in args.skip:
         print("spectrum vs simulation ...", flush=True)
         res["spectrum"] = s = bench_spectrum(args.d, args.seed)
-        print(f"  d={s['d']} p={s['p']} n={s['n']}: KS(GE)={s['ks_ge']:.4f} KS(exact, top n+d)={s['ks_exact_top']:.4f}; delta weight "
-              f"theory {s['delta_peak_weight_theory']:.6f} solver {s['delta_peak_weight_solver']:.6f} GE count {s['delta_peak_weight_ge_count']:.6f}")
+        print(
+            f"  d={s['d']} p={s['p']} n={s['n']}: KS(GE)={s['ks_ge']:.4f} KS(exact, top n+d)={s['ks_exact_top']:.4f}; delta weight "
+            f"theory {s['delta_peak_weight_theory']:.6f} solver {s['delta_peak_weight_solver']:.6f} GE count {s['delta_peak_weight_ge_count']:.6f}"
+        )
         write_json(out / "bench_theory.json", res)
     if "large" not in args.skip:
         print(f"spectrum vs Gaussian-equivalent eigenvalues at d={args.large_d} ...", flush=True)
@@ -198,25 +272,35 @@ def main() -> None:
     if "speed" in res:
         s = res["speed"]
         print(f"| 400-point density (psi_p=64, psi_n=8, t=0.01) | {s['solver_400_s']:.3f} s |")
-        print(f"| same at d=1000, p=64000 | {s['d1000']['solver_s']:.3f} s (eigvalsh impossible: {s['d1000']['dense_matrix_gb']:.0f} GB) |")
+        print(
+            f"| same at d=1000, p=64000 | {s['d1000']['solver_s']:.3f} s (eigvalsh impossible: {s['d1000']['dense_matrix_gb']:.0f} GB) |"
+        )
         e = s["eigvalsh"][-1]
-        print(f"| eigvalsh at p={e['p']} (d={e['d']}) | {e['eigvalsh_s']:.2f} s, {s['speed_ratio_at_largest']:.0f}x the solver |")
+        print(
+            f"| eigvalsh at p={e['p']} (d={e['d']}) | {e['eigvalsh_s']:.2f} s, {s['speed_ratio_at_largest']:.0f}x the solver |"
+        )
     if "spectrum" in res:
         s = res["spectrum"]
         print(f"| KS distance, theory vs Gaussian-equivalent eigenvalues (d={s['d']}) | {s['ks_ge']:.4f} |")
         print(f"| KS distance, theory vs exact-U eigenvalues, top n+d (d={s['d']}) | {s['ks_exact_top']:.4f} |")
-        print(f"| delta weight: 1-(1+psi_n)/psi_p / solver / count | {s['delta_peak_weight_theory']:.6f} / {s['delta_peak_weight_solver']:.6f} / "
-              f"{s['delta_peak_weight_ge_count']:.6f} |")
+        print(
+            f"| delta weight: 1-(1+psi_n)/psi_p / solver / count | {s['delta_peak_weight_theory']:.6f} / {s['delta_peak_weight_solver']:.6f} / "
+            f"{s['delta_peak_weight_ge_count']:.6f} |"
+        )
     if "large" in res:
         s = res["large"]
-        print(f"| KS distance, theory vs Gaussian-equivalent eigenvalues at d={s['d']} (p={s['p']}, dense would be "
-              f"{s['dense_matrix_gb']:.1f} GB) | {s['ks_ge']:.4f} ({s['ge_eigs_s']:.1f} s) |")
+        print(
+            f"| KS distance, theory vs Gaussian-equivalent eigenvalues at d={s['d']} (p={s['p']}, dense would be "
+            f"{s['dense_matrix_gb']:.1f} GB) | {s['ks_ge']:.4f} ({s['ge_eigs_s']:.1f} s) |"
+        )
     if "dynamics" in res:
         for r in res["dynamics"]["runs"]:
             e = r["max_rel_err"]
-            print(f"| GD vs closed form, psi_n={r['psi_n']:g} ({r['steps']} steps, tau up to {r['tau_max_over_tau_mem']:.2f} tau_mem) | "
-                  f"exact U: L_train {100 * e['L_train_vs_exact']:.2f}%, L_test {100 * e['L_test_vs_exact']:.2f}%; "
-                  f"GE: L_train {100 * e['L_train_vs_ge']:.2f}%, L_test {100 * e['L_test_vs_ge']:.2f}% |")
+            print(
+                f"| GD vs closed form, psi_n={r['psi_n']:g} ({r['steps']} steps, tau up to {r['tau_max_over_tau_mem']:.2f} tau_mem) | "
+                f"exact U: L_train {100 * e['L_train_vs_exact']:.2f}%, L_test {100 * e['L_test_vs_exact']:.2f}%; "
+                f"GE: L_train {100 * e['L_train_vs_ge']:.2f}%, L_test {100 * e['L_test_vs_ge']:.2f}% |"
+            )
         f = res["dynamics"]["tau_mem_fit"]
         print(f"| tau_mem exponent vs psi_n (4..32) | {f['exponent']:.3f} (r2 {f['r2']:.4f}) |")
     print(f"| total | {res['total_s']:.0f} s |")

@@ -25,7 +25,9 @@ from diffmem.models.unet import UNet, unet_param_count
 from diffmem.schedule import linear, noise
 
 
-def ms_per_step(width: int, size: int, threads: int, batch: int = 128, min_seconds: float = 3.0, seed: int = 0) -> float:
+def ms_per_step(
+    width: int, size: int, threads: int, batch: int = 128, min_seconds: float = 3.0, seed: int = 0
+) -> float:
     torch.set_num_threads(threads)
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
@@ -65,16 +67,32 @@ def main() -> None:
     configs = [(w, s, th) for w in args.widths for s in args.sizes for th in args.threads]
     rows = []
     for w, s, th in tqdm(configs, desc="bench_unet"):
-        rows.append({"width": w, "params": unet_param_count(w), "size": s, "threads": th, "batch": args.batch,
-                     "ms_per_step": ms_per_step(w, s, th, args.batch, args.min_seconds)})
+        rows.append(
+            {
+                "width": w,
+                "params": unet_param_count(w),
+                "size": s,
+                "threads": th,
+                "batch": args.batch,
+                "ms_per_step": ms_per_step(w, s, th, args.batch, args.min_seconds),
+            }
+        )
     print(f"\nU-Net training step (Adam), batch {args.batch}, {os.cpu_count()} CPUs, torch {torch.__version__}")
     print(f"{'W':>4} {'params':>10} {'image':>7} {'threads':>8} {'ms/step':>9}")
     for r in rows:
-        print(f"{r['width']:>4} {r['params']:>10,} {r['size']:>4}x{r['size']:<2} {r['threads']:>8} {r['ms_per_step']:>9.1f}")
+        print(
+            f"{r['width']:>4} {r['params']:>10,} {r['size']:>4}x{r['size']:<2} {r['threads']:>8} {r['ms_per_step']:>9.1f}"
+        )
     if args.json:
         from diffmem._io import write_json
 
-        write_json(args.json, {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__}, "rows": rows})
+        write_json(
+            args.json,
+            {
+                "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__},
+                "rows": rows,
+            },
+        )
 
 
 if __name__ == "__main__":

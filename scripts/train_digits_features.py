@@ -12,7 +12,6 @@ trains on all images and writes ``digits_features.safetensors`` and ``digits_fea
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
@@ -49,7 +48,9 @@ def fit(x: torch.Tensor, y: torch.Tensor, epochs: int, seed: int = 0) -> DigitsC
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "src" / "diffmem" / "metrics" / "weights")
+    ap.add_argument(
+        "--out", type=Path, default=Path(__file__).resolve().parents[1] / "src" / "diffmem" / "metrics" / "weights"
+    )
     ap.add_argument("--epochs", type=int, default=40)
     args = ap.parse_args(argv)
     torch.set_num_threads(2)
@@ -67,15 +68,18 @@ def main(argv=None) -> None:
         train_acc = (net(x).argmax(1) == y).float().mean().item()
     print(f"final network, accuracy on all digits: {train_acc:.4f}")
     _io.save_tensors(args.out / WEIGHTS, {k: v.contiguous() for k, v in net.state_dict().items()})
-    _io.write_json(args.out / WEIGHTS.replace(".safetensors", ".json"), {
-        "network": "diffmem.metrics.frechet.DigitsCNN",
-        "feature_dim": DigitsCNN.feature_dim,
-        "trained_on": "all 1797 scikit-learn digits, pixels/16, shape (1, 8, 8)",
-        "epochs": args.epochs,
-        "heldout_accuracy_5_6_split": acc,
-        "accuracy_all": train_acc,
-        "script": "scripts/train_digits_features.py",
-    })
+    _io.write_json(
+        args.out / WEIGHTS.replace(".safetensors", ".json"),
+        {
+            "network": "diffmem.metrics.frechet.DigitsCNN",
+            "feature_dim": DigitsCNN.feature_dim,
+            "trained_on": "all 1797 scikit-learn digits, pixels/16, shape (1, 8, 8)",
+            "epochs": args.epochs,
+            "heldout_accuracy_5_6_split": acc,
+            "accuracy_all": train_acc,
+            "script": "scripts/train_digits_features.py",
+        },
+    )
     print(f"wrote {args.out / WEIGHTS}")
 
 

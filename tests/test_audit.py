@@ -60,7 +60,9 @@ def _specs(n_mem=3, n_norm=3, n_part=0):
     imgs = _images(n_mem + n_norm + n_part)
     specs = [PromptSpec(f"memorized prompt {i}", imgs[i], "memorized", key=f"m{i}") for i in range(n_mem)]
     specs += [PromptSpec(f"normal prompt {i}", imgs[n_mem + i], "normal", key=f"n{i}") for i in range(n_norm)]
-    specs += [PromptSpec(f"partial prompt {i}", imgs[n_mem + n_norm + i], "partial", key=f"p{i}") for i in range(n_part)]
+    specs += [
+        PromptSpec(f"partial prompt {i}", imgs[n_mem + n_norm + i], "partial", key=f"p{i}") for i in range(n_part)
+    ]
     model = Planted({s.prompt: s.image for s in specs}, {s.prompt for s in specs if s.label != "normal"})
     return model, specs
 
@@ -120,10 +122,12 @@ def test_overestimation_equals_g_when_memorized_and_zero_otherwise():
 def test_overestimation_least_squares_against_numpy():
     rng = np.random.default_rng(1)
     x0g, mu, x = rng.normal(size=(2, 5, 7)), rng.normal(size=(2, 5, 7)), rng.normal(size=7)
-    A = (x[None, None] - mu).reshape(-1, 1)  # noqa: N806
+    A = (x[None, None] - mu).reshape(-1, 1)
     b = (x0g - mu).reshape(-1)
     want = np.linalg.lstsq(A, b, rcond=None)[0][0]
-    assert analysis.overestimation(torch.tensor(x0g), torch.tensor(mu), torch.tensor(x)) == pytest.approx(want, rel=1e-12)
+    assert analysis.overestimation(torch.tensor(x0g), torch.tensor(mu), torch.tensor(x)) == pytest.approx(
+        want, rel=1e-12
+    )
 
 
 def test_loss_identity_and_cfg_loss_of_a_memorizer():
@@ -147,20 +151,22 @@ def test_loss_identity_and_cfg_loss_of_a_memorizer():
 
 def test_decompose_matches_brute_force_lstsq():
     rng = np.random.default_rng(0)
-    steps, S, d = 4, 3, 10  # noqa: N806
+    steps, S, d = 4, 3, 10
     x, xT = rng.normal(size=d), rng.normal(size=(S, d))
-    w0, wT = rng.normal(size=(steps, S)), rng.normal(size=(steps, S))  # noqa: N806
+    w0, wT = rng.normal(size=(steps, S)), rng.normal(size=(steps, S))
     xs = w0[..., None] * x + wT[..., None] * xT + 0.1 * rng.normal(size=(steps, S, d))
     a0, aT, rmse = analysis.decompose(torch.tensor(xs), torch.tensor(x), torch.tensor(xT))
     for i in range(steps):
         for s in range(S):
-            A = np.stack([x, xT[s]], 1)  # noqa: N806
+            A = np.stack([x, xT[s]], 1)
             coef, *_ = np.linalg.lstsq(A, xs[i, s], rcond=None)
             assert a0[i, s] == pytest.approx(coef[0], rel=1e-9, abs=1e-12)
             assert aT[i, s] == pytest.approx(coef[1], rel=1e-9, abs=1e-12)
             assert rmse[i, s] == pytest.approx(np.sqrt(np.mean((xs[i, s] - A @ coef) ** 2)), rel=1e-9)
     # exact planted weights, no residual
-    b0, bT, r = analysis.decompose(torch.tensor(w0[..., None] * x + wT[..., None] * xT), torch.tensor(x), torch.tensor(xT))
+    b0, bT, r = analysis.decompose(
+        torch.tensor(w0[..., None] * x + wT[..., None] * xT), torch.tensor(x), torch.tensor(xT)
+    )
     np.testing.assert_allclose(b0, w0, rtol=1e-10)
     np.testing.assert_allclose(bT, wT, rtol=1e-10)
     np.testing.assert_allclose(r, 0, atol=1e-10)
@@ -173,7 +179,7 @@ def test_deviations_vanish_on_the_theoretical_schedule():
     rng = np.random.default_rng(2)
     x, xT = rng.normal(size=(1, 4, 4)), rng.normal(size=(5, 1, 4, 4))
     xs = np.sqrt(ab)[:, None, None, None, None] * x + np.sqrt(1 - ab)[:, None, None, None, None] * xT[None]
-    w0, wT, rmse = analysis.decompose(torch.tensor(xs), torch.tensor(x), torch.tensor(xT))  # noqa: N806
+    w0, wT, rmse = analysis.decompose(torch.tensor(xs), torch.tensor(x), torch.tensor(xT))
     d1, d2 = analysis.deviations(w0, wT, ab)
     assert d1 == pytest.approx(0, abs=1e-10) and d2 == pytest.approx(0, abs=1e-10)
     # shifting w0 up by 0.1 at every step gives D1 = 0.1 * steps
@@ -189,10 +195,10 @@ def test_decomposition_of_a_memorizer_follows_the_unrolled_ddim_coefficients():
     ks = timesteps(model.schedule, 12)
     traj = record(model, p, [7, 8], ks, 1.0)
     x = model.targets[p]
-    w0, wT, rmse = analysis.decompose(traj.x, x, traj.x_T)  # noqa: N806
+    w0, wT, rmse = analysis.decompose(traj.x, x, traj.x_T)
     ab = traj.alpha_bar.numpy()
     want0 = np.sqrt(ab) - np.sqrt(1 - ab) * np.sqrt(ab[0]) / np.sqrt(1 - ab[0])
-    wantT = np.sqrt(1 - ab) / np.sqrt(1 - ab[0])  # noqa: N806
+    wantT = np.sqrt(1 - ab) / np.sqrt(1 - ab[0])
     np.testing.assert_allclose(w0, np.repeat(want0[:, None], 2, 1), atol=1e-5)
     np.testing.assert_allclose(wT, np.repeat(wantT[:, None], 2, 1), atol=1e-5)
     assert rmse.max() < 1e-5
@@ -207,7 +213,13 @@ def test_pairwise_distance_and_cosine_against_brute_force():
         want = np.mean([np.linalg.norm(flat[i] - flat[j]) / np.sqrt(6) for i in range(5) for j in range(i + 1, 5)])
         assert got[t] == pytest.approx(want, rel=1e-10)
     flat = xs[0].reshape(5, -1)
-    want = np.mean([flat[i] @ flat[j] / np.linalg.norm(flat[i]) / np.linalg.norm(flat[j]) for i in range(5) for j in range(i + 1, 5)])
+    want = np.mean(
+        [
+            flat[i] @ flat[j] / np.linalg.norm(flat[i]) / np.linalg.norm(flat[j])
+            for i in range(5)
+            for j in range(i + 1, 5)
+        ]
+    )
     assert analysis.pairwise_cosine(torch.tensor(xs[0])) == pytest.approx(want, rel=1e-10)
     with pytest.raises(ValueError, match="2 seeds"):
         analysis.pairwise_distance(torch.zeros(2, 1, 4))
@@ -216,7 +228,7 @@ def test_pairwise_distance_and_cosine_against_brute_force():
 
 def test_cosines_of_planted_noise_predictions():
     x = torch.tensor([1.0, 0.0, 0.0])
-    xT = torch.tensor([[0.0, 1.0, 0.0]])  # noqa: N806
+    xT = torch.tensor([[0.0, 1.0, 0.0]])
     eps_c = torch.tensor([[[1.0, 1.0, 0.0]]])
     eps_u = torch.tensor([[[0.0, -1.0, 0.0]]])
     c = analysis.cosine_curves(eps_c, eps_u, x, xT)
@@ -265,8 +277,15 @@ def test_roc_table_against_sklearn_and_brute_force_tpr():
     t2 = roc_table({"d": s}, labels, positive=("memorized", "partial"))["d"]
     assert t2["n_pos"] == 30
     assert roc_table({"d": s[:20]}, labels[:20])["d"]["auroc"] is None  # no negatives
-    assert detector_costs(50, 8, 1, 50) == {"wen_first": 16, "wen_mean": 800, "seed_collapse": 16, "convergence": 800,
-                                           "overestimation_a": 16, "D1": 800, "D2": 800}
+    assert detector_costs(50, 8, 1, 50) == {
+        "wen_first": 16,
+        "wen_mean": 800,
+        "seed_collapse": 16,
+        "convergence": 800,
+        "overestimation_a": 16,
+        "D1": 800,
+        "D2": 800,
+    }
 
 
 # ------------------------------------------------------------------------------------- severity, mitigation
@@ -331,8 +350,16 @@ def test_run_audit_on_planted_models(tmp_path):
     assert res["detectors"]["overestimation_a"]["auroc"] == 1.0
     assert res["detectors"]["overestimation_a"]["n_pos"] == 3 and res["detectors_with_partial"]["D1"]["n_pos"] == 5
     assert set(res["mitigation"]) == {"constant", "conditional_only", "no_early_guidance", "negative_early_guidance"}
-    for f in ("audit.json", "report.html", "figures/roc.png", "figures/decomposition.png", "figures/mitigation.png", "prompts/m0.json",
-              "trajectories/m0.safetensors", "audit_config.json"):
+    for f in (
+        "audit.json",
+        "report.html",
+        "figures/roc.png",
+        "figures/decomposition.png",
+        "figures/mitigation.png",
+        "prompts/m0.json",
+        "trajectories/m0.safetensors",
+        "audit_config.json",
+    ):
         assert (tmp_path / "a" / f).is_file(), f
     html = (tmp_path / "a" / "report.html").read_text()
     assert "data:image/png;base64," in html
@@ -387,8 +414,15 @@ def test_bad_input_is_refused(tmp_path):
     model, specs = _specs(1, 1)
     with pytest.raises(ValueError, match="no prompts"):
         run_audit(model, [], _small_cfg(), tmp_path / "x", progress=False)
-    for bad in ({"guidance": -1.0}, {"guidance": 51.0}, {"steps": 0}, {"steps": 1001}, {"seeds": 1}, {"first_steps": 7},
-                {"mitigation_transition": 1.5}):
+    for bad in (
+        {"guidance": -1.0},
+        {"guidance": 51.0},
+        {"steps": 0},
+        {"steps": 1001},
+        {"seeds": 1},
+        {"first_steps": 7},
+        {"mitigation_transition": 1.5},
+    ):
         with pytest.raises(ValueError):
             run_audit(model, specs, _small_cfg(**bad), tmp_path / "x", progress=False)
     with pytest.raises(ValueError, match="unique"):
@@ -420,8 +454,22 @@ def test_cli_dry_run_and_errors(capsys):
 def test_cli_end_to_end_on_a_tiny_testbed(tmp_path, capsys):
     from diffmem.cli import main
 
-    args = ["audit", "--out", str(tmp_path), "--testbed-steps", "60", "--testbed-width", "32", "--steps", "4", "--seeds", "2",
-            "--n-boot", "20", "--quiet"]
+    args = [
+        "audit",
+        "--out",
+        str(tmp_path),
+        "--testbed-steps",
+        "60",
+        "--testbed-width",
+        "32",
+        "--steps",
+        "4",
+        "--seeds",
+        "2",
+        "--n-boot",
+        "20",
+        "--quiet",
+    ]
     assert main(args) == 0
     out = capsys.readouterr().out
     for text in ("per label", "AUROC", "TPR@1%FPR", "Pearson", "mitigation", "wall time"):

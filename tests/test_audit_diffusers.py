@@ -62,20 +62,52 @@ def pipe_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("sd")
     tok, vocab = _tokenizer(root / "vocab")
     torch.manual_seed(0)
-    text = transformers.CLIPTextModel(transformers.CLIPTextConfig(
-        vocab_size=len(vocab), hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2,
-        max_position_embeddings=77, bos_token_id=vocab["<|startoftext|>"], eos_token_id=vocab["<|endoftext|>"],
-        pad_token_id=vocab["<|endoftext|>"]))
+    text = transformers.CLIPTextModel(
+        transformers.CLIPTextConfig(
+            vocab_size=len(vocab),
+            hidden_size=32,
+            intermediate_size=37,
+            num_attention_heads=4,
+            num_hidden_layers=2,
+            max_position_embeddings=77,
+            bos_token_id=vocab["<|startoftext|>"],
+            eos_token_id=vocab["<|endoftext|>"],
+            pad_token_id=vocab["<|endoftext|>"],
+        )
+    )
     unet = diffusers.UNet2DConditionModel(
-        sample_size=8, in_channels=4, out_channels=4, block_out_channels=(32, 64), layers_per_block=1,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=32, attention_head_dim=4, norm_num_groups=8)
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=32,
+        attention_head_dim=4,
+        norm_num_groups=8,
+    )
     vae = diffusers.AutoencoderKL(
-        in_channels=3, out_channels=3, block_out_channels=(16, 32), latent_channels=4, norm_num_groups=8, sample_size=16,
-        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2)
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=(16, 32),
+        latent_channels=4,
+        norm_num_groups=8,
+        sample_size=16,
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+    )
     sched = diffusers.DDIMScheduler(**SD_BETAS, clip_sample=False, set_alpha_to_one=True, steps_offset=1)
-    pipe = diffusers.StableDiffusionPipeline(unet=unet, vae=vae, text_encoder=text, tokenizer=tok, scheduler=sched,
-                                             safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe = diffusers.StableDiffusionPipeline(
+        unet=unet,
+        vae=vae,
+        text_encoder=text,
+        tokenizer=tok,
+        scheduler=sched,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
     out = root / "pipe"
     pipe.save_pretrained(str(out))
     return out
@@ -93,8 +125,9 @@ def _variant(pipe_dir, tmp_path, **scheduler_changes):
 
 
 def _reference_pipe(folder):
-    p = diffusers.StableDiffusionPipeline.from_pretrained(str(folder), local_files_only=True, safety_checker=None,
-                                                          requires_safety_checker=False)
+    p = diffusers.StableDiffusionPipeline.from_pretrained(
+        str(folder), local_files_only=True, safety_checker=None, requires_safety_checker=False
+    )
     p.set_progress_bar_config(disable=True)
     return p
 
@@ -162,7 +195,9 @@ def test_fp16_variant_only_folder_loads(pipe_dir, tmp_path):
         w.rename(w.with_name(w.name.replace(".safetensors", ".fp16.safetensors")))
     m, ref = load_pipeline_model(d), load_pipeline_model(pipe_dir)
     x = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(2))
-    for a, b in zip(m.predict(x, torch.tensor([10.0, 900.0]), "a cat"), ref.predict(x, torch.tensor([10.0, 900.0]), "a cat")):
+    for a, b in zip(
+        m.predict(x, torch.tensor([10.0, 900.0]), "a cat"), ref.predict(x, torch.tensor([10.0, 900.0]), "a cat")
+    ):
         torch.testing.assert_close(a, b)
 
 
@@ -187,8 +222,8 @@ def test_predict_matches_pipeline_branches(pipe_dir):
     eps_c, eps_u = m.predict(x, t, prompt)
     with torch.no_grad():
         pe, ne = ref.encode_prompt(prompt, "cpu", 1, True)
-        want_c = torch.cat([ref.unet(x[i:i + 1], int(t[i]), encoder_hidden_states=pe).sample for i in range(3)])
-        want_u = torch.cat([ref.unet(x[i:i + 1], int(t[i]), encoder_hidden_states=ne).sample for i in range(3)])
+        want_c = torch.cat([ref.unet(x[i : i + 1], int(t[i]), encoder_hidden_states=pe).sample for i in range(3)])
+        want_u = torch.cat([ref.unet(x[i : i + 1], int(t[i]), encoder_hidden_states=ne).sample for i in range(3)])
     assert eps_c.shape == eps_u.shape == x.shape
     torch.testing.assert_close(eps_c, want_c, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(eps_u, want_u, atol=1e-5, rtol=1e-5)
@@ -238,9 +273,15 @@ def test_guided_ddim_trajectory_matches_pipeline(pipe_dir, tmp_path, prediction_
     m = load_pipeline_model(folder)
     ref = _reference_pipe(folder)
     prompt, g, steps = "a cat", 7.5, 5
-    x_T = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(3))  # noqa: N806
-    want = ref(prompt, num_images_per_prompt=2, latents=x_T.clone(), guidance_scale=g, num_inference_steps=steps,
-               output_type="latent").images
+    x_T = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(3))
+    want = ref(
+        prompt,
+        num_images_per_prompt=2,
+        latents=x_T.clone(),
+        guidance_scale=g,
+        num_inference_steps=steps,
+        output_type="latent",
+    ).images
     ks = m.timesteps(steps)  # StableDiffusionPipeline forces steps_offset = 1: leading spacing plus one
     assert ks == [k + 1 for k in sampling.timesteps(m.schedule, steps, "leading")]
     calls = []
@@ -262,12 +303,20 @@ def test_stable_diffusion_scheduler_defaults_step_by_step(pipe_dir, tmp_path):
     steps, g = 4, 5.0
     ks = m.timesteps(steps)
     assert ks == [751, 501, 251, 1]
-    x_T = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(4))  # noqa: N806
+    x_T = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(4))
     seen = []
-    ref("the cat", latents=x_T.clone(), guidance_scale=g, num_inference_steps=steps, output_type="latent",
-        callback_on_step_end=lambda p, i, t, kw: (seen.append(kw["latents"].clone()), kw)[1])
+    ref(
+        "the cat",
+        latents=x_T.clone(),
+        guidance_scale=g,
+        num_inference_steps=steps,
+        output_type="latent",
+        callback_on_step_end=lambda p, i, t, kw: (seen.append(kw["latents"].clone()), kw)[1],
+    )
     ours = []
-    sampling.ddim(_guided_denoiser(m, "the cat", g, []), x_T, m.schedule, ks=ks, observer=lambda s: ours.append(s.x_prev))
+    sampling.ddim(
+        _guided_denoiser(m, "the cat", g, []), x_T, m.schedule, ks=ks, observer=lambda s: ours.append(s.x_prev)
+    )
     # the last step differs by construction: diffusers ends at alpha_bar[0], diffmem's DDIM at alpha_bar = 1
     for a, b in zip(ours[:-1], seen[:-1]):
         torch.testing.assert_close(a, b, atol=2e-4, rtol=1e-4)
@@ -340,7 +389,10 @@ def _check_specs(specs, a, b):
 
 def test_manifest_formats(tmp_path, images):
     a, b = images
-    entries = [{"prompt": "a cat", "image": "img/a.png", "label": "memorized"}, {"prompt": "the dog, 'quoted'", "image": "img/b.png"}]
+    entries = [
+        {"prompt": "a cat", "image": "img/a.png", "label": "memorized"},
+        {"prompt": "the dog, 'quoted'", "image": "img/b.png"},
+    ]
     (tmp_path / "m.json").write_text(json.dumps(entries))
     _check_specs(read_manifest(tmp_path / "m.json"), a, b)
     (tmp_path / "m2.json").write_text(json.dumps({"prompts": entries}))
@@ -494,8 +546,14 @@ def _manifest_for(tmp_path, model):
     _png(tmp_path / "mem.png", img)
     _png(tmp_path / "norm.png", np.random.default_rng(1).integers(0, 256, (16, 16, 3), dtype=np.uint8))
     path = tmp_path / "manifest.json"
-    path.write_text(json.dumps([{"prompt": "the cat", "image": "mem.png", "label": "memorized"},
-                                {"prompt": "a dog and a tree", "image": "norm.png", "label": "normal"}]))
+    path.write_text(
+        json.dumps(
+            [
+                {"prompt": "the cat", "image": "mem.png", "label": "memorized"},
+                {"prompt": "a dog and a tree", "image": "norm.png", "label": "normal"},
+            ]
+        )
+    )
     return path
 
 
@@ -517,9 +575,15 @@ def test_run_audit_on_tiny_pipeline(pipe_dir, tmp_path, offline):
     assert all(len(p["severity_per_seed"]) == 2 for p in saved["prompts"])
     # the recorded trajectory ends where the diffusers pipeline ends from the same noise
     ref = _reference_pipe(pipe_dir)
-    x_T = sampling.randn_per_sample(prompt_seeds(cfg.seed, 2), m.latent_shape)  # noqa: N806
-    want = ref(specs[0].prompt, num_images_per_prompt=2, latents=x_T.clone(), guidance_scale=cfg.guidance,
-               num_inference_steps=4, output_type="latent").images
+    x_T = sampling.randn_per_sample(prompt_seeds(cfg.seed, 2), m.latent_shape)
+    want = ref(
+        specs[0].prompt,
+        num_images_per_prompt=2,
+        latents=x_T.clone(),
+        guidance_scale=cfg.guidance,
+        num_inference_steps=4,
+        output_type="latent",
+    ).images
     traj = run.load_trajectory(tmp_path / "out", specs[0].key)
     torch.testing.assert_close(traj.x_final, want, atol=2e-4, rtol=1e-4)
     torch.testing.assert_close(traj.x_T, x_T)
@@ -533,8 +597,26 @@ def test_audit_cli_on_tiny_pipeline(pipe_dir, tmp_path, offline, toy_sscd, capsy
     man = _manifest_for(tmp_path, load_pipeline_model(pipe_dir))
     out = tmp_path / "cli"
     _, sscd_path = toy_sscd
-    rc = main(["audit", "--model", str(pipe_dir), "--manifest", str(man), "--steps", "3", "--seeds", "2", "--n-boot", "20",
-               "--sscd", str(sscd_path), "--out", str(out), "--quiet"])
+    rc = main(
+        [
+            "audit",
+            "--model",
+            str(pipe_dir),
+            "--manifest",
+            str(man),
+            "--steps",
+            "3",
+            "--seeds",
+            "2",
+            "--n-boot",
+            "20",
+            "--sscd",
+            str(sscd_path),
+            "--out",
+            str(out),
+            "--quiet",
+        ]
+    )
     assert rc == 0
     assert (out / "audit.json").is_file() and (out / "report.html").is_file()
     saved = json.loads((out / "audit.json").read_text())
@@ -544,5 +626,16 @@ def test_audit_cli_on_tiny_pipeline(pipe_dir, tmp_path, offline, toy_sscd, capsy
     # a folder that is not a pipeline is a clear CLI error, not a traceback
     (tmp_path / "notpipe").mkdir()
     capsys.readouterr()
-    rc = main(["audit", "--model", str(tmp_path / "notpipe"), "--manifest", str(man), "--out", str(tmp_path / "o2"), "--quiet"])
+    rc = main(
+        [
+            "audit",
+            "--model",
+            str(tmp_path / "notpipe"),
+            "--manifest",
+            str(man),
+            "--out",
+            str(tmp_path / "o2"),
+            "--quiet",
+        ]
+    )
     assert rc == 2 and "not a diffusers pipeline folder" in capsys.readouterr().err

@@ -7,9 +7,30 @@ import pytest
 
 from diffmem.cli import main
 
-TINY = ["--sizes", "16", "32", "--steps-per-n", "20", "--min-steps", "200", "--width", "32", "--checkpoints", "5",
-        "--first-checkpoint", "20", "--eval-samples", "64", "--eval-sampling-steps", "10", "--eval-n-boot", "200",
-        "--workers", "1", "--quiet"]
+TINY = [
+    "--sizes",
+    "16",
+    "32",
+    "--steps-per-n",
+    "20",
+    "--min-steps",
+    "200",
+    "--width",
+    "32",
+    "--checkpoints",
+    "5",
+    "--first-checkpoint",
+    "20",
+    "--eval-samples",
+    "64",
+    "--eval-sampling-steps",
+    "10",
+    "--eval-n-boot",
+    "200",
+    "--workers",
+    "1",
+    "--quiet",
+]
 
 
 @pytest.fixture(scope="module")
@@ -68,8 +89,25 @@ def test_n_too_large_fails_before_any_work(tmp_path, capsys):
 def test_stages_train_measure_sample(tmp_path, capsys):
     run = str(tmp_path / "one")
     common = ["--out", run]
-    assert main(["train", *common, "--n", "16", "--width", "32", "--steps", "100", "--checkpoints", "3", "--quiet"]) == 0
-    assert main(["measure", *common, "--eval-samples", "32", "--eval-sampling-steps", "5", "--eval-n-boot", "100", "--quiet"]) == 0
+    assert (
+        main(["train", *common, "--n", "16", "--width", "32", "--steps", "100", "--checkpoints", "3", "--quiet"]) == 0
+    )
+    assert (
+        main(
+            [
+                "measure",
+                *common,
+                "--eval-samples",
+                "32",
+                "--eval-sampling-steps",
+                "5",
+                "--eval-n-boot",
+                "100",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "f_mem" in printed and "100" in printed
     assert main(["sample", *common, "--eval-samples", "8", "--eval-sampling-steps", "5"]) == 0

@@ -52,7 +52,17 @@ def _curve(n, scale_with_n=True):
     steps = np.geomspace(10, 400 * n, 200)
     x = steps / n if scale_with_n else steps / 64
     f = 1 / (1 + np.exp(-(np.log(x) - np.log(150)) * 3))
-    return [dict(step=float(s), f_mem=float(v), f_mem_ci=[float(v) * 0.8, float(v) * 1.2], quality=1.0 + 100 * np.exp(-s / 500), loss_train=1 - v, loss_test=1 + v) for s, v in zip(steps, f)]
+    return [
+        dict(
+            step=float(s),
+            f_mem=float(v),
+            f_mem_ci=[float(v) * 0.8, float(v) * 1.2],
+            quality=1.0 + 100 * np.exp(-s / 500),
+            loss_train=1 - v,
+            loss_test=1 + v,
+        )
+        for s, v in zip(steps, f)
+    ]
 
 
 def test_collapse_ratio_detects_tau_over_n_scaling():

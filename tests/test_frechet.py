@@ -4,8 +4,17 @@ import scipy.linalg
 import torch
 
 from diffmem.data import digits, split
-from diffmem.metrics.frechet import (DigitsFeatures, FrechetDistance, PixelFeatures, TorchScriptFeatures, feature_space, frechet,
-                                     frechet_distance, gaussian_stats, load_digits_cnn)
+from diffmem.metrics.frechet import (
+    DigitsFeatures,
+    FrechetDistance,
+    PixelFeatures,
+    TorchScriptFeatures,
+    feature_space,
+    frechet,
+    frechet_distance,
+    gaussian_stats,
+    load_digits_cnn,
+)
 
 
 def _random_psd(rng, d):
@@ -63,7 +72,8 @@ def test_digits_features_rank_worse_sets_worse(digit_sets):
     # the digit network cares about digit shape: blurring is far worse than mild noise, unlike in pixels
     px = PixelFeatures()
     assert blurred / slightly_noisy > 1.5 * frechet(torch.nn.functional.avg_pool2d(train, 3, 1, 1), real, px) / frechet(
-        (train + 0.1 * torch.randn(train.shape, generator=g)).clamp(0, 1), real, px)
+        (train + 0.1 * torch.randn(train.shape, generator=g)).clamp(0, 1), real, px
+    )
 
 
 def test_streaming_equals_one_shot(digit_sets):

@@ -52,7 +52,9 @@ def test_ddim_agrees_with_diffusers(steps):
     den = _toy_denoiser()
     x = torch.randn(8, 16, generator=torch.Generator().manual_seed(1))
     ours = sampling.ddim(den, x, s, steps)
-    sch = diffusers.DDIMScheduler(num_train_timesteps=1000, trained_betas=s.betas.numpy(), clip_sample=False, set_alpha_to_one=True)
+    sch = diffusers.DDIMScheduler(
+        num_train_timesteps=1000, trained_betas=s.betas.numpy(), clip_sample=False, set_alpha_to_one=True
+    )
     sch.set_timesteps(steps)
     assert sch.timesteps.tolist() == sampling.timesteps(s, steps)
     y = x.clone()
@@ -78,7 +80,9 @@ def test_ddpm_agrees_with_diffusers(steps):
     den = _toy_denoiser()
     x = torch.randn(4, 16, generator=torch.Generator().manual_seed(2))
     ours = sampling.ddpm(den, x, s, steps, generator=torch.Generator().manual_seed(3))
-    sch = diffusers.DDPMScheduler(num_train_timesteps=1000, trained_betas=s.betas.numpy(), clip_sample=False, variance_type="fixed_small")
+    sch = diffusers.DDPMScheduler(
+        num_train_timesteps=1000, trained_betas=s.betas.numpy(), clip_sample=False, variance_type="fixed_small"
+    )
     sch.set_timesteps(steps)
     g = torch.Generator().manual_seed(3)
     y = x.clone()
@@ -97,7 +101,7 @@ def test_ddim_with_exact_denoiser_recovers_the_data_point():
         a = ab[t.long()].reshape(-1, 1)
         return (x - a.sqrt() * x_star) / (1 - a).sqrt()
 
-    x_T = torch.randn(5, 10, dtype=torch.float64)  # noqa: N806
+    x_T = torch.randn(5, 10, dtype=torch.float64)
     out = sampling.ddim(exact, x_T, s, 20)
     assert torch.allclose(out, x_star.expand(5, -1), atol=1e-10)
 

@@ -11,9 +11,23 @@ import math
 import numpy as np
 import pytest
 
-from diffmem.theory import (closed_form_losses, eigensystem_dense, exact_curves, exact_matrices, fit_power_law, gaussian_equivalent,
-                            ge_eigenvalues, make_problem, mc_matrices, phase_diagram, population_matrices, predicted_times, rf_constants,
-                            simulate_gd, spectral_density)
+from diffmem.theory import (
+    closed_form_losses,
+    eigensystem_dense,
+    exact_curves,
+    exact_matrices,
+    fit_power_law,
+    gaussian_equivalent,
+    ge_eigenvalues,
+    make_problem,
+    mc_matrices,
+    phase_diagram,
+    population_matrices,
+    predicted_times,
+    rf_constants,
+    simulate_gd,
+    spectral_density,
+)
 from diffmem.theory.dynamics import quadratic_losses
 from diffmem.theory.simulation import RFProblem
 
@@ -44,11 +58,15 @@ def _mc_constants(t, sigma_x, f, m=1_000_000, seed=0):
     v2 = est["cross"] - a**2 * c**2
     s2 = est["m2"] - a**2 * c**2 - v2 - b**2
     se_a2 = 2 * abs(a) * c**2 * se["a"]
-    return ({"a": a, "b": b, "v2": v2, "s2": s2},
-            {"a": se["a"], "b": se["b"], "v2": se["cross"] + se_a2, "s2": se["m2"] + se["cross"] + 2 * abs(b) * se["b"]})
+    return (
+        {"a": a, "b": b, "v2": v2, "s2": s2},
+        {"a": se["a"], "b": se["b"], "v2": se["cross"] + se_a2, "s2": se["m2"] + se["cross"] + 2 * abs(b) * se["b"]},
+    )
 
 
-@pytest.mark.parametrize("t,sigma_x,act", [(0.01, 1.0, "tanh"), (0.1, 1.0, "tanh"), (0.5, 2.0, "tanh"), (0.1, 1.0, "relu")])
+@pytest.mark.parametrize(
+    "t,sigma_x,act", [(0.01, 1.0, "tanh"), (0.1, 1.0, "tanh"), (0.5, 2.0, "tanh"), (0.1, 1.0, "relu")]
+)
 def test_constants_match_monte_carlo(t, sigma_x, act):
     c = rf_constants(t, sigma_x, act)
     f = np.tanh if act == "tanh" else (lambda x: np.maximum(x, 0.0))
@@ -112,10 +130,10 @@ def test_spectrum_matches_exact_matrix():
     prob = make_problem(24, 16.0, 4.0, 0.1, seed=3)
     U, _ = exact_matrices(prob)
     e = np.linalg.eigvalsh(U)
-    top = e[-(prob.n + prob.d):]
+    top = e[-(prob.n + prob.d) :]
     assert _ks(s, top) < 0.12
     # the remaining p - n - d eigenvalues sit near s_t^2 (the delta peak, smeared at finite d)
-    rest = e[:-(prob.n + prob.d)]
+    rest = e[: -(prob.n + prob.d)]
     assert 0.5 < np.median(rest) / s.constants.s2 < 1.5
     assert np.quantile(rest, 0.9) < s.edges[1][0]  # below the first bulk
 
@@ -310,7 +328,21 @@ def test_cli_spectrum_json_and_plot(tmp_path):
     sim = res["simulation"]
     assert sim["matrix"] == "gaussian_equivalent" and sim["histogram"]["delta_count"] == 1280 - 160 - 20
     assert sim["ks_distance"] < 0.05
-    rc = main(["theory", "spectrum", "--out", str(tmp_path / "ex"), "--n-points", "80", "--simulate", "--matrix", "exact", "--d", "16"])
+    rc = main(
+        [
+            "theory",
+            "spectrum",
+            "--out",
+            str(tmp_path / "ex"),
+            "--n-points",
+            "80",
+            "--simulate",
+            "--matrix",
+            "exact",
+            "--d",
+            "16",
+        ]
+    )
     assert rc == 0
     sim = json.loads((tmp_path / "ex" / "spectrum.json").read_text())["simulation"]
     assert sim["matrix"] == "exact" and sim["histogram"]["delta_count"] == 1024 - 128 - 16
@@ -320,7 +352,23 @@ def test_cli_spectrum_json_and_plot(tmp_path):
 def test_cli_dynamics_and_phase(tmp_path):
     from diffmem.cli import main
 
-    rc = main(["theory", "dynamics", "--out", str(tmp_path / "dyn"), "--d", "8", "--psi-n", "4", "8", "--n-taus", "12", "--quiet", "--plot"])
+    rc = main(
+        [
+            "theory",
+            "dynamics",
+            "--out",
+            str(tmp_path / "dyn"),
+            "--d",
+            "8",
+            "--psi-n",
+            "4",
+            "8",
+            "--n-taus",
+            "12",
+            "--quiet",
+            "--plot",
+        ]
+    )
     assert rc == 0
     res = json.loads((tmp_path / "dyn" / "dynamics.json").read_text())
     assert [r["psi_n"] for r in res["runs"]] == [4.0, 8.0]
@@ -328,8 +376,26 @@ def test_cli_dynamics_and_phase(tmp_path):
     assert len(r["theory"]["tau"]) == len(r["theory"]["L_train"]) == 12
     assert r["predicted"]["tau_mem"] > r["predicted"]["tau_gen"] > 0
     assert (tmp_path / "dyn" / "figures" / "dynamics.png").exists()
-    rc = main(["theory", "phase", "--out", str(tmp_path / "ph"), "--d", "6", "--psi-n", "1", "4", "16", "--psi-p", "4", "--taus", "100", "inf",
-               "--plot"])
+    rc = main(
+        [
+            "theory",
+            "phase",
+            "--out",
+            str(tmp_path / "ph"),
+            "--d",
+            "6",
+            "--psi-n",
+            "1",
+            "4",
+            "16",
+            "--psi-p",
+            "4",
+            "--taus",
+            "100",
+            "inf",
+            "--plot",
+        ]
+    )
     assert rc == 0
     ph = json.loads((tmp_path / "ph" / "phase.json").read_text())
     assert ph["tau"] == [100.0, "inf"] and np.asarray(ph["L_gen"]).shape == (2, 3, 1)

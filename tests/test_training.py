@@ -71,8 +71,23 @@ def test_interrupted_run_resumes_exactly(tmp_path, tiny_train_kwargs):
 def test_kill_9_resumes_exactly(tmp_path):
     """A real SIGKILL in the middle of training; the resumed run ends bit-identical to an uninterrupted one."""
     kw = dict(n=32, width=64, steps=3000, checkpoints=6, first_checkpoint=100, resume_every=50, log_every=50)
-    args = ["--n", "32", "--width", "64", "--steps", "3000", "--checkpoints", "6", "--first-checkpoint", "100",
-            "--resume-every", "50", "--log-every", "50", "--quiet"]
+    args = [
+        "--n",
+        "32",
+        "--width",
+        "64",
+        "--steps",
+        "3000",
+        "--checkpoints",
+        "6",
+        "--first-checkpoint",
+        "100",
+        "--resume-every",
+        "50",
+        "--log-every",
+        "50",
+        "--quiet",
+    ]
     run = tmp_path / "killed"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "diffmem.cli", "train", "--out", str(run), *args], env=env)

@@ -169,7 +169,9 @@ def test_cli_train_unet_end_to_end(tmp_path, capsys):
     argv = ["train", "--model", "unet", "--width", "8", "--n", "16", "--steps", "30", "--out", str(out)]
     argv += ["--checkpoints", "2", "--first-checkpoint", "10", "--log-every", "10", "--quiet"]
     assert cli.main(argv) == 0
-    cfg = TrainConfig(model="unet", width=8, n=16, steps=30, checkpoints=2, first_checkpoint=10, log_every=10).resolved()
+    cfg = TrainConfig(
+        model="unet", width=8, n=16, steps=30, checkpoints=2, first_checkpoint=10, log_every=10
+    ).resolved()
     ckpts = list_checkpoints(out)
     assert [s for s, _ in ckpts] == [10, 30]
     model = load_checkpoint(ckpts[-1][1], cfg, (1, 8, 8))

@@ -10,13 +10,24 @@ import json
 import math
 import os
 import tempfile
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 import numpy as np
 import torch
 
-__all__ = ["atomic_write_bytes", "write_json", "read_json", "append_jsonl", "read_jsonl", "save_tensors", "load_tensors", "save_npz", "jsonable"]
+__all__ = [
+    "append_jsonl",
+    "atomic_write_bytes",
+    "jsonable",
+    "load_tensors",
+    "read_json",
+    "read_jsonl",
+    "save_npz",
+    "save_tensors",
+    "write_json",
+]
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
@@ -101,7 +112,9 @@ def read_jsonl(path: str | Path) -> list[dict]:
     return out
 
 
-def save_tensors(path: str | Path, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None) -> None:
+def save_tensors(
+    path: str | Path, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None
+) -> None:
     """Atomic safetensors write (contiguous CPU copies)."""
     from safetensors.torch import save
 
@@ -121,7 +134,9 @@ def load_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, s
             meta = f.metadata() or {}
             return {k: f.get_tensor(k) for k in f.keys()}, meta
     except Exception as e:  # safetensors raises SafetensorError / OSError on corrupt headers
-        raise ValueError(f"{path} is not a readable safetensors file ({e}); delete it to resume from an earlier one") from e
+        raise ValueError(
+            f"{path} is not a readable safetensors file ({e}); delete it to resume from an earlier one"
+        ) from e
 
 
 def save_npz(path: str | Path, **arrays: Any) -> None:
@@ -129,7 +144,9 @@ def save_npz(path: str | Path, **arrays: Any) -> None:
     import io
 
     buf = io.BytesIO()
-    np.savez_compressed(buf, **{k: np.asarray(v.detach().cpu() if isinstance(v, torch.Tensor) else v) for k, v in arrays.items()})
+    np.savez_compressed(
+        buf, **{k: np.asarray(v.detach().cpu() if isinstance(v, torch.Tensor) else v) for k, v in arrays.items()}
+    )
     atomic_write_bytes(path, buf.getvalue())
 
 

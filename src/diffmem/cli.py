@@ -7,18 +7,25 @@ import dataclasses
 import json
 import sys
 import typing
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
-__all__ = ["main", "build_parser"]
+__all__ = ["build_parser", "main"]
 
 
 def _base_type(tp: Any) -> Any:
     args = [a for a in typing.get_args(tp) if a is not type(None)]
-    return args[0] if typing.get_origin(tp) in (typing.Union, getattr(__import__("types"), "UnionType", None)) and args else tp
+    return (
+        args[0]
+        if typing.get_origin(tp) in (typing.Union, getattr(__import__("types"), "UnionType", None)) and args
+        else tp
+    )
 
 
-def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, prefix: str = "", skip: Sequence[str] = (), title: Optional[str] = None) -> None:
+def add_dataclass_args(
+    parser: argparse.ArgumentParser, cls: type, prefix: str = "", skip: Sequence[str] = (), title: str | None = None
+) -> None:
     """One ``--flag`` per field of a frozen config dataclass (defaults shown in --help)."""
     group = parser.add_argument_group(title or cls.__name__)
     hints = typing.get_type_hints(cls)
@@ -31,11 +38,17 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, prefix: str =
         dest = prefix + f.name
         if typing.get_origin(tp) is tuple:
             inner = typing.get_args(tp)[0]
-            group.add_argument(flag, dest=dest, type=inner, nargs="+", default=None, help=f"default: {' '.join(map(str, default))}")
+            group.add_argument(
+                flag, dest=dest, type=inner, nargs="+", default=None, help=f"default: {' '.join(map(str, default))}"
+            )
         elif tp is bool:
-            group.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=None, help=f"default: {default}")
+            group.add_argument(
+                flag, dest=dest, action=argparse.BooleanOptionalAction, default=None, help=f"default: {default}"
+            )
         else:
-            group.add_argument(flag, dest=dest, type=tp if tp in (int, float, str) else str, default=None, help=f"default: {default}")
+            group.add_argument(
+                flag, dest=dest, type=tp if tp in (int, float, str) else str, default=None, help=f"default: {default}"
+            )
 
 
 def dataclass_from_args(cls: type, args: argparse.Namespace, prefix: str = "", base: Any = None, **fixed: Any) -> Any:
@@ -54,7 +67,11 @@ def _common(p: argparse.ArgumentParser, out_default: str) -> None:
     p.add_argument("--out", default=out_default, help=f"output folder (default: {out_default})")
     p.add_argument("--seed", type=int, default=None, help="random seed (training and evaluation)")
     p.add_argument("--dry-run", action="store_true", help="print the resolved configuration as JSON and exit")
-    p.add_argument("--device", default="cpu", help="where models train and sample: cpu (default), cuda, cuda:N, mps, or auto (a GPU if torch sees one)")
+    p.add_argument(
+        "--device",
+        default="cpu",
+        help="where models train and sample: cpu (default), cuda, cuda:N, mps, or auto (a GPU if torch sees one)",
+    )
 
 
 def _print_json(obj: Any) -> None:
@@ -109,7 +126,9 @@ def cmd_dynamics(args) -> int:
     ci = fit.get("exponent_ci") or [None, None]
     if fit.get("exponent") is not None:
         ci_s = f"[{ci[0]:.2f}, {ci[1]:.2f}]" if ci[0] is not None else "n/a"
-        print(f"\ntau_mem ~ n^{fit['exponent']:.3f}  (95% CI {ci_s}, R^2 = {fit['r2']:.3f}); tau_mem/n = {fit['tau_mem_over_n']:.1f}")
+        print(
+            f"\ntau_mem ~ n^{fit['exponent']:.3f}  (95% CI {ci_s}, R^2 = {fit['r2']:.3f}); tau_mem/n = {fit['tau_mem_over_n']:.1f}"
+        )
     else:
         print("\ntau_mem was reached for fewer than two sizes: no scaling fit (train longer: --steps-per-n)")
     if res.get("tau_gen_spread") is not None:
@@ -117,7 +136,9 @@ def cmd_dynamics(args) -> int:
     col = res.get("collapse") or {}
     if col.get("ratio") is not None:
         print(f"collapse: spread of f_mem/f_mem(max) against tau/n is {col['ratio']:.2f}x its spread against tau")
-    print(f"\nwrote {Path(args.out) / 'results.json'}, {Path(args.out) / 'report.html'} and figures/ in {res.get('elapsed_seconds', 0):.0f} s")
+    print(
+        f"\nwrote {Path(args.out) / 'results.json'}, {Path(args.out) / 'report.html'} and figures/ in {res.get('elapsed_seconds', 0):.0f} s"
+    )
     return 0
 
 
@@ -136,7 +157,9 @@ def _run_configs(run_dir: Path):
 
     path = Path(run_dir) / "config.json"
     if not path.is_file():
-        raise FileNotFoundError(f"{run_dir} is not a run folder (no config.json); train one with `diffmem train --out {run_dir}`")
+        raise FileNotFoundError(
+            f"{run_dir} is not a run folder (no config.json); train one with `diffmem train --out {run_dir}`"
+        )
     return from_dict(TrainConfig, read_json(path))
 
 
@@ -211,7 +234,16 @@ def cmd_measure(args) -> int:
     bar.close()
     rows = [["step", "f_mem", "f_mem CI", "quality", "loss_train", "loss_test"]]
     for r in recs:
-        rows.append([str(r["step"]), f"{r['f_mem']:.3f}", f"[{r['f_mem_ci'][0]:.3f}, {r['f_mem_ci'][1]:.3f}]", f"{r['quality']:.4g}", f"{r['loss_train']:.4f}", f"{r['loss_test']:.4f}"])
+        rows.append(
+            [
+                str(r["step"]),
+                f"{r['f_mem']:.3f}",
+                f"[{r['f_mem_ci'][0]:.3f}, {r['f_mem_ci'][1]:.3f}]",
+                f"{r['quality']:.4g}",
+                f"{r['loss_train']:.4f}",
+                f"{r['loss_test']:.4f}",
+            ]
+        )
     print(_table(rows))
     return 0
 
@@ -222,14 +254,20 @@ def build_parser() -> argparse.ArgumentParser:
     from .measure import EvalConfig
     from .training import TrainConfig
 
-    parser = argparse.ArgumentParser(prog="diffmem", description="Measure, explain and predict memorization in diffusion models.")
+    parser = argparse.ArgumentParser(
+        prog="diffmem", description="Measure, explain and predict memorization in diffusion models."
+    )
     parser.add_argument("--version", action="version", version=f"diffmem {__import__('diffmem').__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    p = sub.add_parser("dynamics", help="the main job: train over a range of n, extract tau_gen and tau_mem, fit the scaling")
+    p = sub.add_parser(
+        "dynamics", help="the main job: train over a range of n, extract tau_gen and tau_mem, fit the scaling"
+    )
     _common(p, "runs/dynamics")
     p.add_argument("--sizes", type=int, nargs="+", help="training set sizes (default: 32 64 128 256)")
-    p.add_argument("--steps-per-n", type=float, help="each run trains max(min_steps, steps_per_n * n) steps (default: 120)")
+    p.add_argument(
+        "--steps-per-n", type=float, help="each run trains max(min_steps, steps_per_n * n) steps (default: 120)"
+    )
     p.add_argument("--min-steps", type=int, help="default: 4000")
     p.add_argument("--workers", type=int, default=None, help="parallel processes (default: number of cores)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -240,7 +278,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train one configuration (resumes if --out holds the same run)")
     _common(p, "runs/train")
-    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1: small models are fastest single-threaded)")
+    p.add_argument(
+        "--threads", type=int, default=1, help="torch threads (default 1: small models are fastest single-threaded)"
+    )
     p.add_argument("--quiet", action="store_true")
     add_dataclass_args(p, TrainConfig, skip=("seed",), title="training")
     p.set_defaults(func=cmd_train)
@@ -266,7 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

@@ -49,7 +49,7 @@ def claim_folder(folder: Path, cfg: Any, *, name: str = "config.json", overwrite
     _io.write_json(path, want)
 
 
-def resolve_device(device: "Optional[str | torch.device]" = None) -> "torch.device":
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
     """The torch device to compute on: ``None``/``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"`` or ``"auto"``
     (the first GPU if torch sees one, else the CPU). Asking for a device torch cannot use is an error
     that says so, not a silent fall-back to the CPU.
@@ -73,10 +73,14 @@ def resolve_device(device: "Optional[str | torch.device]" = None) -> "torch.devi
         raise ValueError(f"unknown device {device!r} ({e}); use cpu, cuda, cuda:N, mps or auto") from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(f"device {device!r} asked for, but this torch ({torch.__version__}) sees no CUDA GPU; "
-                             "install a CUDA build of torch, or use --device cpu")
+            raise ValueError(
+                f"device {device!r} asked for, but this torch ({torch.__version__}) sees no CUDA GPU; "
+                "install a CUDA build of torch, or use --device cpu"
+            )
         if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ValueError(f"device {device!r} asked for, but only {torch.cuda.device_count()} CUDA device(s) are visible")
+            raise ValueError(
+                f"device {device!r} asked for, but only {torch.cuda.device_count()} CUDA device(s) are visible"
+            )
     elif dev.type == "mps":
         if not mps_available():
             raise ValueError(f"device {device!r} asked for, but MPS is not available here; use --device cpu")
@@ -89,4 +93,4 @@ def replace(cfg: C, **changes: Any) -> C:
     return dataclasses.replace(cfg, **changes)  # type: ignore[type-var]
 
 
-__all__ = ["from_dict", "to_dict", "claim_folder", "resolve_device", "replace", "dataclass", "Optional"]
+__all__ = ["Optional", "claim_folder", "dataclass", "from_dict", "replace", "resolve_device", "to_dict"]

@@ -20,12 +20,12 @@ The paper reads both times off its curves and gives no numeric rule. Ours (docs/
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Optional, Sequence
 
 import numpy as np
 
-__all__ = ["TimeRules", "tau_mem", "tau_gen", "tau_test_min", "fit_scaling", "collapse", "analyze_run", "analyze"]
+__all__ = ["TimeRules", "analyze", "analyze_run", "collapse", "fit_scaling", "tau_gen", "tau_mem", "tau_test_min"]
 
 
 @dataclass(frozen=True)
@@ -49,7 +49,7 @@ def _log_crossing(s0: float, s1: float, v0: float, v1: float, target: float) -> 
     return float(math.exp(math.log(s0) + frac * (math.log(s1) - math.log(s0))))
 
 
-def _first_crossing(steps: Sequence[float], values: Sequence[float], ok, persist: int) -> Optional[float]:
+def _first_crossing(steps: Sequence[float], values: Sequence[float], ok, persist: int) -> float | None:
     steps, values = list(steps), list(values)
     for j, v in enumerate(values):
         if ok(v) and all(ok(w) for w in values[j + 1 : j + 1 + persist]):
@@ -57,7 +57,7 @@ def _first_crossing(steps: Sequence[float], values: Sequence[float], ok, persist
     return None
 
 
-def tau_mem(steps: Sequence[float], f_mem_lo: Sequence[float], rules: TimeRules = TimeRules()) -> Optional[float]:
+def tau_mem(steps: Sequence[float], f_mem_lo: Sequence[float], rules: TimeRules = TimeRules()) -> float | None:
     """First time the lower bootstrap bound of f_mem reaches the threshold (None if never)."""
     j = _first_crossing(steps, f_mem_lo, lambda v: v >= rules.mem_threshold, rules.persist)
     if j is None:
@@ -67,7 +67,9 @@ def tau_mem(steps: Sequence[float], f_mem_lo: Sequence[float], rules: TimeRules 
     return _log_crossing(steps[j - 1], steps[j], f_mem_lo[j - 1], f_mem_lo[j], rules.mem_threshold)
 
 
-def tau_gen(steps: Sequence[float], quality: Sequence[float], rules: TimeRules = TimeRules(), until: Optional[float] = None) -> Optional[float]:
+def tau_gen(
+    steps: Sequence[float], quality: Sequence[float], rules: TimeRules = TimeRules(), until: float | None = None
+) -> float | None:
     """First time the quality comes within ``gen_fraction`` of its improvement of its best value."""
     s = np.asarray(steps, dtype=np.float64)
     q = np.asarray(quality, dtype=np.float64)
@@ -84,14 +86,14 @@ def tau_gen(steps: Sequence[float], quality: Sequence[float], rules: TimeRules =
     return _log_crossing(s[j - 1], s[j], q[j - 1], q[j], target) if j else None
 
 
-def tau_test_min(steps: Sequence[float], loss_test: Sequence[float]) -> Optional[float]:
+def tau_test_min(steps: Sequence[float], loss_test: Sequence[float]) -> float | None:
     """Time of the minimum test loss at fixed t (after it the test loss rises)."""
     if len(steps) == 0:
         return None
     return float(np.asarray(steps)[int(np.nanargmin(np.asarray(loss_test, dtype=np.float64)))])
 
 
-def fit_scaling(ns: Sequence[float], taus: Sequence[Optional[float]], level: float = 0.95) -> dict:
+def fit_scaling(ns: Sequence[float], taus: Sequence[float | None], level: float = 0.95) -> dict:
     """``log tau = c + exponent * log n`` by least squares over the runs where tau was reached."""
     from scipy import stats
 
@@ -122,7 +124,7 @@ def _normalized(curve: list[dict]) -> tuple[np.ndarray, np.ndarray]:
 def collapse(runs: list[dict], points: int = 50) -> dict:
     """Spread of f_mem/f_mem(tau_max) across runs against tau/n and against tau (common log grids)."""
 
-    def spread(key_scale: bool) -> Optional[float]:
+    def spread(key_scale: bool) -> float | None:
         curves = []
         for r in runs:
             s, g = _normalized(r["curve"])

@@ -10,9 +10,9 @@ checkpoint is sampled from the same x_T and results do not depend on the batch s
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -56,7 +56,7 @@ def sample_checkpoint(model: torch.nn.Module, cfg: TrainConfig, ev: EvalConfig, 
     out = []
     with torch.no_grad():
         for i in range(0, ev.samples, ev.batch):
-            x_T = sampling.randn_per_sample(seeds[i : i + ev.batch], shape).to(dev)  # noqa: N806
+            x_T = sampling.randn_per_sample(seeds[i : i + ev.batch], shape).to(dev)
             if ev.sampler == "ddim":
                 out.append(sampling.ddim(model, x_T, sched, ev.sampling_steps).cpu())
             else:
@@ -70,9 +70,9 @@ def measure(
     ev: EvalConfig,
     run_dir: str | Path,
     *,
-    progress: Optional[Callable[[int, int], None]] = None,
-    split: Optional[Split] = None,
-    device: Optional[str] = None,
+    progress: Callable[[int, int], None] | None = None,
+    split: Split | None = None,
+    device: str | None = None,
 ) -> list[dict]:
     """Evaluate the checkpoints of ``run_dir`` not yet in ``metrics.jsonl``; returns all records.
 
@@ -111,7 +111,9 @@ def measure(
             "loss_test": loss_at_time(model, test_dev, sched, ev.loss_t, ev.loss_draws, seed=ev.seed),
             "median_ratio": float(np.median(mem.ratios)),
         }
-        _io.save_npz(run_dir / "samples" / f"step_{step:07d}.npz", samples=x.numpy(), nearest=mem.nearest, ratios=mem.ratios)
+        _io.save_npz(
+            run_dir / "samples" / f"step_{step:07d}.npz", samples=x.numpy(), nearest=mem.nearest, ratios=mem.ratios
+        )
         _io.append_jsonl(metrics_path, rec)
         if progress is not None:
             progress(j + 1, len(todo))

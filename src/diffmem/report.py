@@ -5,12 +5,12 @@ from __future__ import annotations
 import base64
 import html
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
 import numpy as np
 
-__all__ = ["dynamics_figures", "sample_grid", "write_html", "summary_table"]
+__all__ = ["dynamics_figures", "sample_grid", "summary_table", "write_html"]
 
 
 def _plt():
@@ -62,7 +62,12 @@ def dynamics_figures(results: dict, folder: str | Path) -> dict[str, Path]:
             axes[1].axvline(r["tau_mem"], color=c, ls=":", lw=1)
     qname = runs[0]["curve"][0].get("quality_metric", "Fréchet distance") if runs and runs[0]["curve"] else "quality"
     axes[0].set(xscale="log", yscale="log", xlabel="training step τ", ylabel=qname, title="Quality (dotted: τ_gen)")
-    axes[1].set(xscale="log", xlabel="training step τ", ylabel="f_mem (95% bootstrap band)", title="Memorization fraction (dotted: τ_mem)")
+    axes[1].set(
+        xscale="log",
+        xlabel="training step τ",
+        ylabel="f_mem (95% bootstrap band)",
+        title="Memorization fraction (dotted: τ_mem)",
+    )
     for a in axes:
         a.grid(alpha=0.3, which="both")
         a.legend(fontsize=8)
@@ -76,8 +81,18 @@ def dynamics_figures(results: dict, folder: str | Path) -> dict[str, Path]:
         axes[0].plot(s, g, "-o", ms=3, color=c, label=f"n={r['n']}")
         axes[1].plot(s / r["n"], g, "-o", ms=3, color=c, label=f"n={r['n']}")
     col = results.get("collapse", {})
-    axes[0].set(xscale="log", xlabel="training step τ", ylabel="f_mem(τ) / f_mem(τ_max)", title=f"Against τ (spread {_fmt(col.get('spread_vs_tau'))})")
-    axes[1].set(xscale="log", xlabel="τ / n", ylabel="f_mem(τ) / f_mem(τ_max)", title=f"Against τ/n (spread {_fmt(col.get('spread_vs_tau_over_n'))})")
+    axes[0].set(
+        xscale="log",
+        xlabel="training step τ",
+        ylabel="f_mem(τ) / f_mem(τ_max)",
+        title=f"Against τ (spread {_fmt(col.get('spread_vs_tau'))})",
+    )
+    axes[1].set(
+        xscale="log",
+        xlabel="τ / n",
+        ylabel="f_mem(τ) / f_mem(τ_max)",
+        title=f"Against τ/n (spread {_fmt(col.get('spread_vs_tau_over_n'))})",
+    )
     for a in axes:
         a.grid(alpha=0.3, which="both")
         a.legend(fontsize=8)
@@ -88,8 +103,20 @@ def dynamics_figures(results: dict, folder: str | Path) -> dict[str, Path]:
         s = np.array([p["step"] for p in r["curve"]], dtype=float)
         axes[0].plot(s, [p["loss_train"] for p in r["curve"]], "--", color=c)
         axes[0].plot(s, [p["loss_test"] for p in r["curve"]], "-", color=c, label=f"n={r['n']}")
-        axes[1].plot(s / r["n"], np.array([p["loss_test"] for p in r["curve"]]) - np.array([p["loss_train"] for p in r["curve"]]), "-", color=c, label=f"n={r['n']}")
-    axes[0].set(xscale="log", yscale="log", xlabel="training step τ", ylabel="loss at t = 0.01", title="Train (dashed) and test (solid) loss")
+        axes[1].plot(
+            s / r["n"],
+            np.array([p["loss_test"] for p in r["curve"]]) - np.array([p["loss_train"] for p in r["curve"]]),
+            "-",
+            color=c,
+            label=f"n={r['n']}",
+        )
+    axes[0].set(
+        xscale="log",
+        yscale="log",
+        xlabel="training step τ",
+        ylabel="loss at t = 0.01",
+        title="Train (dashed) and test (solid) loss",
+    )
     axes[1].set(xscale="log", xlabel="τ / n", ylabel="L_test − L_train", title="Generalization gap against τ/n")
     for a in axes:
         a.grid(alpha=0.3, which="both")
@@ -105,7 +132,13 @@ def dynamics_figures(results: dict, folder: str | Path) -> dict[str, Path]:
     fit = results.get("fit", {})
     if fit.get("exponent") is not None:
         xx = np.geomspace(ns.min(), ns.max(), 20)
-        ax.plot(xx, fit["prefactor"] * xx ** fit["exponent"], "k--", lw=1, label=f"fit: τ_mem ∝ n^{fit['exponent']:.2f} (R²={fit['r2']:.3f})")
+        ax.plot(
+            xx,
+            fit["prefactor"] * xx ** fit["exponent"],
+            "k--",
+            lw=1,
+            label=f"fit: τ_mem ∝ n^{fit['exponent']:.2f} (R²={fit['r2']:.3f})",
+        )
     ax.set(xscale="log", yscale="log", xlabel="training set size n", ylabel="training step", title="Timescales")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
@@ -136,8 +169,12 @@ def sample_grid(rows: Sequence[tuple[str, np.ndarray, np.ndarray]], path: str | 
                 if j < len(img):
                     im = np.clip(np.asarray(img[j]), 0, 1)
                     ax.imshow(im[0] if im.shape[0] == 1 else np.moveaxis(im, 0, -1), cmap="gray", vmin=0, vmax=1)
-        axes[2 * i, 0].text(-0.6, 0.5, f"{label}\nsample", transform=axes[2 * i, 0].transAxes, ha="right", va="center", fontsize=7)
-        axes[2 * i + 1, 0].text(-0.6, 0.5, "nearest\ntrain", transform=axes[2 * i + 1, 0].transAxes, ha="right", va="center", fontsize=7)
+        axes[2 * i, 0].text(
+            -0.6, 0.5, f"{label}\nsample", transform=axes[2 * i, 0].transAxes, ha="right", va="center", fontsize=7
+        )
+        axes[2 * i + 1, 0].text(
+            -0.6, 0.5, "nearest\ntrain", transform=axes[2 * i + 1, 0].transAxes, ha="right", va="center", fontsize=7
+        )
     if title:
         fig.suptitle(title, fontsize=9)
     return _save(fig, Path(path))
@@ -146,14 +183,16 @@ def sample_grid(rows: Sequence[tuple[str, np.ndarray, np.ndarray]], path: str | 
 def summary_table(results: dict) -> list[list[str]]:
     rows = [["n", "tau_gen", "tau_mem", "tau_mem/n", "argmin L_test", "f_mem final"]]
     for r in results["runs"]:
-        rows.append([
-            str(r["n"]),
-            _fmt(r["tau_gen"]),
-            _fmt(r["tau_mem"]),
-            _fmt(r["tau_mem"] / r["n"] if r["tau_mem"] else None),
-            _fmt(r.get("tau_test_min")),
-            _fmt(r.get("f_mem_final")),
-        ])
+        rows.append(
+            [
+                str(r["n"]),
+                _fmt(r["tau_gen"]),
+                _fmt(r["tau_mem"]),
+                _fmt(r["tau_mem"] / r["n"] if r["tau_mem"] else None),
+                _fmt(r.get("tau_test_min")),
+                _fmt(r.get("f_mem_final")),
+            ]
+        )
     return rows
 
 
@@ -162,7 +201,13 @@ def _img_tag(path: Path) -> str:
     return f'<img src="data:image/png;base64,{data}" alt="{html.escape(Path(path).stem)}">'
 
 
-def write_html(results: dict, figures: dict[str, Path], path: str | Path, title: str = "diffmem dynamics report", notes: Optional[str] = None) -> Path:
+def write_html(
+    results: dict,
+    figures: dict[str, Path],
+    path: str | Path,
+    title: str = "diffmem dynamics report",
+    notes: str | None = None,
+) -> Path:
     """A single self-contained HTML file (figures embedded as base64)."""
     from ._io import atomic_write_bytes
 
@@ -176,7 +221,9 @@ def write_html(results: dict, figures: dict[str, Path], path: str | Path, title:
         f"geometric mean τ_mem/n = {_fmt(fit.get('tau_mem_over_n'))}; τ_gen max/min across n = {_fmt(results.get('tau_gen_spread'))}; "
         f"collapse spread ratio (τ/n vs τ) = {_fmt((results.get('collapse') or {}).get('ratio'))}"
     )
-    figs = "".join(f"<figure>{_img_tag(p)}<figcaption>{html.escape(k)}</figcaption></figure>" for k, p in figures.items())
+    figs = "".join(
+        f"<figure>{_img_tag(p)}<figcaption>{html.escape(k)}</figcaption></figure>" for k, p in figures.items()
+    )
     rules = html.escape(json.dumps(results.get("rules", {})))
     cfg = html.escape(json.dumps(results.get("config", {}), indent=1))
     doc = f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
@@ -186,7 +233,7 @@ img{{max-width:100%}}figure{{margin:1.5em 0}}figcaption{{color:#666;font-size:90
 </head><body><h1>{html.escape(title)}</h1>
 <p>{fit_line}</p>
 <table><thead><tr>{thead}</tr></thead><tbody>{tbody}</tbody></table>
-{f'<p>{html.escape(notes)}</p>' if notes else ''}
+{f"<p>{html.escape(notes)}</p>" if notes else ""}
 <p>Rules for the times: {rules} (see docs/dynamics.md).</p>
 {figs}
 <h2>Configuration</h2><pre>{cfg}</pre></body></html>"""

@@ -10,22 +10,22 @@ The DDIM update follows SCIENCE.md section 1 and agrees with ``diffusers.DDIMSch
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence
 
 import torch
 
 from .schedule import Schedule
 
 __all__ = [
-    "Step",
     "Denoiser",
-    "timesteps",
+    "Step",
     "ddim",
     "ddpm",
-    "predict_x0",
     "guided",
+    "predict_x0",
     "randn_per_sample",
+    "timesteps",
 ]
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -55,7 +55,7 @@ def timesteps(schedule: Schedule, steps: int, spacing: str = "leading") -> list[
     ``"leading"``: ``k_i = i * (T // steps)`` (the diffusers default for DDIM and Stable Diffusion);
     ``"trailing"``: ``round(T - i * T/steps) - 1``; ``"linspace"``: ``round(linspace(0, T-1, steps))``.
     """
-    T = schedule.T  # noqa: N806
+    T = schedule.T
     if int(steps) != steps or not 1 <= steps <= T:
         raise ValueError(f"steps must be an integer in [1, {T}], got {steps}")
     steps = int(steps)
@@ -81,7 +81,7 @@ def _prev_steps(ks: Sequence[int]) -> list[int]:
     return list(ks[1:]) + [-1]
 
 
-def _check(x_T: torch.Tensor, schedule: Schedule) -> None:  # noqa: N803
+def _check(x_T: torch.Tensor, schedule: Schedule) -> None:
     if not isinstance(schedule, Schedule):
         raise TypeError("schedule must be a diffmem.schedule.Schedule (e.g. schedule.linear())")
     if not torch.is_floating_point(x_T):
@@ -91,13 +91,13 @@ def _check(x_T: torch.Tensor, schedule: Schedule) -> None:  # noqa: N803
 @torch.no_grad()
 def ddim(
     denoiser: Denoiser,
-    x_T: torch.Tensor,  # noqa: N803
+    x_T: torch.Tensor,
     schedule: Schedule,
     steps: int = 50,
     *,
     spacing: str = "leading",
-    observer: Optional[Observer] = None,
-    ks: Optional[Sequence[int]] = None,
+    observer: Observer | None = None,
+    ks: Sequence[int] | None = None,
 ) -> torch.Tensor:
     """Deterministic DDIM (eta = 0) from ``x_T``; returns the final x0 estimate.
 
@@ -123,13 +123,13 @@ def ddim(
 @torch.no_grad()
 def ddpm(
     denoiser: Denoiser,
-    x_T: torch.Tensor,  # noqa: N803
+    x_T: torch.Tensor,
     schedule: Schedule,
-    steps: Optional[int] = None,
+    steps: int | None = None,
     *,
-    generator: Optional[torch.Generator] = None,
+    generator: torch.Generator | None = None,
     spacing: str = "leading",
-    observer: Optional[Observer] = None,
+    observer: Observer | None = None,
 ) -> torch.Tensor:
     """Ancestral DDPM sampling (posterior variance ``beta_tilde``, as diffusers' ``fixed_small``).
 
@@ -150,7 +150,12 @@ def ddpm(
         if k_prev >= 0:
             var = (1.0 - ab_prev) / (1.0 - ab) * beta
             # drawn where the generator lives (a CPU generator gives the same noise on every device)
-            z = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=generator.device if generator is not None else x.device).to(x.device)
+            z = torch.randn(
+                x.shape,
+                generator=generator,
+                dtype=x.dtype,
+                device=generator.device if generator is not None else x.device,
+            ).to(x.device)
             x_new = mean + var**0.5 * z
         else:
             x_new = mean

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-__all__ = ["Schedule", "linear", "alpha_bar_from_ou_time", "ou_time_from_alpha_bar", "noise"]
+__all__ = ["Schedule", "alpha_bar_from_ou_time", "linear", "noise", "ou_time_from_alpha_bar"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -32,9 +32,8 @@ class Schedule:
         object.__setattr__(self, "betas", betas)
         object.__setattr__(self, "alphas_cumprod", torch.cumprod(1.0 - betas, dim=0))
 
-
     @property
-    def T(self) -> int:  # noqa: N802 - paper notation
+    def T(self) -> int:
         return int(self.betas.numel())
 
     def ou_time(self, k: torch.Tensor | int) -> torch.Tensor:
@@ -51,7 +50,7 @@ class Schedule:
         return {"T": self.T, "betas": self.betas.tolist()}
 
 
-def linear(T: int = 1000, beta_start: float = 1e-4, beta_end: float = 2e-2) -> Schedule:  # noqa: N803
+def linear(T: int = 1000, beta_start: float = 1e-4, beta_end: float = 2e-2) -> Schedule:
     """The DDPM linear schedule: betas evenly spaced from ``beta_start`` to ``beta_end``."""
     if int(T) != T or T < 2:
         raise ValueError(f"T must be an integer >= 2, got {T}")

@@ -17,7 +17,6 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 
@@ -57,7 +56,7 @@ class StudyConfig:
         return replace(self.train, n=int(n), steps=self.steps_for(n)).resolved()
 
     @classmethod
-    def from_dict(cls, d: dict) -> "StudyConfig":
+    def from_dict(cls, d: dict) -> StudyConfig:
         from .config import from_dict
 
         return cls(
@@ -78,7 +77,7 @@ def study_jobs(cfg: StudyConfig, out: Path, device: str = "cpu") -> list[Job]:
     return jobs
 
 
-def write_outputs(cfg: StudyConfig, out: Path, records: dict[int, list[dict]], elapsed: Optional[float] = None) -> dict:
+def write_outputs(cfg: StudyConfig, out: Path, records: dict[int, list[dict]], elapsed: float | None = None) -> dict:
     """Analyse the evaluated runs and write results.json, the figures and report.html."""
     keep = ("step", "f_mem", "f_mem_ci", "quality", "quality_metric", "loss_train", "loss_test")
     runs = [(n, [{k: r[k] for k in keep if k in r} for r in recs]) for n, recs in records.items()]
@@ -108,10 +107,14 @@ def _samples_figure(cfg: StudyConfig, out: Path, results: dict, per_row: int = 1
         pix = sp.to_pixels(torch.from_numpy(x)).numpy()
         nearest = sp.to_pixels(sp.train[torch.from_numpy(near).long()]).numpy()
         rows.append((f"n={r['n']}\nstep {step}", pix, nearest))
-    return report.sample_grid(rows, out / "figures" / "samples.png", "Late samples (top) and their nearest training images (bottom)")
+    return report.sample_grid(
+        rows, out / "figures" / "samples.png", "Late samples (top) and their nearest training images (bottom)"
+    )
 
 
-def run_study(cfg: StudyConfig, out: str | Path, *, workers: Optional[int] = None, show_progress: bool = True, device: str = "cpu") -> dict:
+def run_study(
+    cfg: StudyConfig, out: str | Path, *, workers: int | None = None, show_progress: bool = True, device: str = "cpu"
+) -> dict:
     """Run (or resume) the whole study in ``out``; returns the results dictionary.
 
     ``device`` is where every run trains and samples (``"cuda"``, ``"auto"``...; checked before any work)."""

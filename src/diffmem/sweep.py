@@ -14,12 +14,11 @@ import traceback
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 from .measure import EvalConfig, measure
 from .training import TrainConfig, train
 
-__all__ = ["Job", "run_job", "run_jobs", "default_workers"]
+__all__ = ["Job", "default_workers", "run_job", "run_jobs"]
 
 
 @dataclass(frozen=True)
@@ -53,10 +52,14 @@ def _worker(job: Job, threads: int, q) -> dict:
     try:
         return run_job(job, threads, q)
     except Exception as e:  # keep the message readable across the process boundary
-        raise RuntimeError(f"job {job.name} ({job.run_dir}) failed: {type(e).__name__}: {e}\n{traceback.format_exc()}") from None
+        raise RuntimeError(
+            f"job {job.name} ({job.run_dir}) failed: {type(e).__name__}: {e}\n{traceback.format_exc()}"
+        ) from None
 
 
-def run_jobs(jobs: list[Job], workers: Optional[int] = None, threads: int = 1, show_progress: bool = True) -> dict[str, dict]:
+def run_jobs(
+    jobs: list[Job], workers: int | None = None, threads: int = 1, show_progress: bool = True
+) -> dict[str, dict]:
     """Run ``jobs`` on ``workers`` processes (0 or 1 = in this process); results keyed by job name.
 
     A failed job does not stop the others; its error is raised after all finished, and its run
@@ -65,7 +68,17 @@ def run_jobs(jobs: list[Job], workers: Optional[int] = None, threads: int = 1, s
     from tqdm.auto import tqdm
 
     workers = default_workers(len(jobs)) if workers is None else int(workers)
-    bars = {j.name: tqdm(total=j.train.steps, desc=f"{j.name} train", position=i, leave=True, disable=not show_progress, dynamic_ncols=True) for i, j in enumerate(jobs)}
+    bars = {
+        j.name: tqdm(
+            total=j.train.steps,
+            desc=f"{j.name} train",
+            position=i,
+            leave=True,
+            disable=not show_progress,
+            dynamic_ncols=True,
+        )
+        for i, j in enumerate(jobs)
+    }
 
     stages = {j.name: "train" for j in jobs}
 
@@ -81,6 +94,7 @@ def run_jobs(jobs: list[Job], workers: Optional[int] = None, threads: int = 1, s
 
     results, errors = {}, []
     if workers <= 1:
+
         class _Direct:
             def put(self, msg):
                 update(msg)
@@ -113,7 +127,9 @@ def run_jobs(jobs: list[Job], workers: Optional[int] = None, threads: int = 1, s
     for b in bars.values():
         b.close()
     if errors:
-        raise RuntimeError("some runs failed (their folders keep their progress; rerun to resume):\n" + "\n".join(errors))
+        raise RuntimeError(
+            "some runs failed (their folders keep their progress; rerun to resume):\n" + "\n".join(errors)
+        )
     return results
 
 

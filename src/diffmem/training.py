@@ -15,9 +15,9 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
 
 import torch
 from torch import nn
@@ -26,7 +26,15 @@ from . import _io, data, models
 from .config import claim_folder, resolve_device
 from .schedule import Schedule, linear, noise
 
-__all__ = ["TrainConfig", "checkpoint_steps", "load_split", "build_model", "train", "load_checkpoint", "list_checkpoints"]
+__all__ = [
+    "TrainConfig",
+    "build_model",
+    "checkpoint_steps",
+    "list_checkpoints",
+    "load_checkpoint",
+    "load_split",
+    "train",
+]
 
 
 @dataclass(frozen=True)
@@ -34,30 +42,30 @@ class TrainConfig:
     """One training run. ``None`` fields are resolved by :meth:`resolved` and saved resolved."""
 
     data: str = "digits"  # "digits", a .npz file or an image folder
-    data_key: Optional[str] = None
+    data_key: str | None = None
     image_size: int = 32  # for image folders (resize + centre crop)
     n: int = 64
     subset_index: int = 0
-    n_test: Optional[int] = None
-    scale: Optional[float] = None  # model space = scale * (pixels - mean); 2.0 for digits, 1.0 otherwise
+    n_test: int | None = None
+    scale: float | None = None  # model space = scale * (pixels - mean); 2.0 for digits, 1.0 otherwise
     split_seed: int = 0
     model: str = "mlp"
     width: int = 256
     optimizer: str = "adam"  # "adam" or "sgd" (the paper's: lr 0.01, momentum 0.95)
-    lr: Optional[float] = None  # 1e-3 for adam, 0.01 for sgd
+    lr: float | None = None  # 1e-3 for adam, 0.01 for sgd
     momentum: float = 0.95
-    batch_size: Optional[int] = None  # min(n, 512), the paper's recipe (full batch for n <= 512)
+    batch_size: int | None = None  # min(n, 512), the paper's recipe (full batch for n <= 512)
     steps: int = 10_000
     checkpoints: int = 32  # log-spaced checkpoint count
     first_checkpoint: int = 10  # early enough to see the quality fall from noise
     resume_every: int = 1000
     log_every: int = 100
-    T: int = 1000  # noqa: N815
+    T: int = 1000
     beta_start: float = 1e-4
     beta_end: float = 2e-2
     seed: int = 0
 
-    def resolved(self) -> "TrainConfig":
+    def resolved(self) -> TrainConfig:
         scale = self.scale if self.scale is not None else (2.0 if self.data == "digits" else 1.0)
         lr = self.lr if self.lr is not None else {"adam": 1e-3, "sgd": 0.01}.get(self.optimizer, 0.0)
         batch = self.batch_size if self.batch_size is not None else min(self.n, 512)
@@ -93,7 +101,14 @@ def checkpoint_steps(steps: int, count: int, first: int = 100) -> list[int]:
 
 def load_split(cfg: TrainConfig) -> data.Split:
     images = data.load(cfg.data, key=cfg.data_key, size=cfg.image_size)
-    return data.split(images, cfg.n, subset_index=cfg.subset_index, n_test=cfg.n_test, scale=cfg.scale or 1.0, split_seed=cfg.split_seed)
+    return data.split(
+        images,
+        cfg.n,
+        subset_index=cfg.subset_index,
+        n_test=cfg.n_test,
+        scale=cfg.scale or 1.0,
+        split_seed=cfg.split_seed,
+    )
 
 
 def build_model(cfg: TrainConfig, shape) -> nn.Module:
@@ -109,7 +124,9 @@ def _optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
     return torch.optim.Adam(params, lr=cfg.lr)
 
 
-def _state_tensors(step: int, model: nn.Module, opt: torch.optim.Optimizer, gen: torch.Generator) -> dict[str, torch.Tensor]:
+def _state_tensors(
+    step: int, model: nn.Module, opt: torch.optim.Optimizer, gen: torch.Generator
+) -> dict[str, torch.Tensor]:
     out = {f"model.{k}": v for k, v in model.state_dict().items()}
     for i, st in opt.state_dict()["state"].items():
         for key, val in st.items():
@@ -122,7 +139,9 @@ def _state_tensors(step: int, model: nn.Module, opt: torch.optim.Optimizer, gen:
     return out
 
 
-def _restore(tensors: dict[str, torch.Tensor], model: nn.Module, opt: torch.optim.Optimizer, gen: torch.Generator) -> int:
+def _restore(
+    tensors: dict[str, torch.Tensor], model: nn.Module, opt: torch.optim.Optimizer, gen: torch.Generator
+) -> int:
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
     sd = opt.state_dict()
     state: dict[int, dict] = {}
@@ -148,7 +167,7 @@ def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
     return out
 
 
-def load_checkpoint(path: Path, cfg: TrainConfig, shape, device: Optional[str | torch.device] = None) -> nn.Module:
+def load_checkpoint(path: Path, cfg: TrainConfig, shape, device: str | torch.device | None = None) -> nn.Module:
     tensors, _ = _io.load_tensors(path)
     model = models.build(cfg.model, shape, cfg.width)
     try:
@@ -162,9 +181,9 @@ def train(
     cfg: TrainConfig,
     run_dir: str | Path,
     *,
-    progress: Optional[Callable[[int, int], None]] = None,
-    split: Optional[data.Split] = None,
-    device: Optional[str] = None,
+    progress: Callable[[int, int], None] | None = None,
+    split: data.Split | None = None,
+    device: str | None = None,
 ) -> Path:
     """Train (or resume) the run in ``run_dir``; returns the folder. ``progress(step, total)`` is called
     every ``log_every`` steps.
@@ -190,7 +209,9 @@ def train(
         start = _restore(_io.load_tensors(state_path)[0], model, opt, gen) if state_path.exists() else 0
         log = run_dir / "train_log.jsonl"
         if start and log.exists():  # drop what was logged after the state we resume from
-            _io.atomic_write_bytes(log, "".join(json.dumps(r) + "\n" for r in _io.read_jsonl(log) if r["step"] <= start).encode())
+            _io.atomic_write_bytes(
+                log, "".join(json.dumps(r) + "\n" for r in _io.read_jsonl(log) if r["step"] <= start).encode()
+            )
         _loop(cfg, run_dir, model, opt, gen, sp, start, progress)
     return run_dir
 
@@ -215,7 +236,9 @@ def _loop(cfg, run_dir, model, opt, gen, sp, start, progress) -> None:
         if not math.isfinite(running):
             raise FloatingPointError(f"training diverged at step {step} (loss is not finite); lower --lr")
         if step in grid:
-            _io.save_tensors(run_dir / "checkpoints" / f"step_{step:07d}.safetensors", model.state_dict(), {"step": str(step)})
+            _io.save_tensors(
+                run_dir / "checkpoints" / f"step_{step:07d}.safetensors", model.state_dict(), {"step": str(step)}
+            )
         if step in grid or step % cfg.resume_every == 0 or step == cfg.steps:
             _io.save_tensors(state_path, _state_tensors(step, model, opt, gen))
         if step % cfg.log_every == 0:
@@ -223,4 +246,3 @@ def _loop(cfg, run_dir, model, opt, gen, sp, start, progress) -> None:
             running = 0.0
             if progress is not None:
                 progress(step, cfg.steps)
-

@@ -29,14 +29,22 @@ latents flattened to d numbers. ``x`` is the prompt's training image in the mode
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 
 __all__ = [
-    "trajectory_loss", "overestimation", "cosine_curves", "pairwise_distance", "decompose",
-    "deviations", "convergence", "analyze", "correlations", "bootstrap_ci",
+    "analyze",
+    "bootstrap_ci",
+    "convergence",
+    "correlations",
+    "cosine_curves",
+    "decompose",
+    "deviations",
+    "overestimation",
+    "pairwise_distance",
+    "trajectory_loss",
 ]
 
 
@@ -47,7 +55,7 @@ def _flat(x: torch.Tensor | np.ndarray, lead: int) -> np.ndarray:
 
 def trajectory_loss(xs, eps, x, alpha_bar) -> np.ndarray:
     """Per-step loss ``mean_{seeds, coords} (eps - eps*)^2``; xs, eps: (steps, S, ...), x: (...)."""
-    X, E = _flat(xs, 2), _flat(eps, 2)  # noqa: N806
+    X, E = _flat(xs, 2), _flat(eps, 2)
     x0 = _flat(x, 0).reshape(1, 1, -1)
     ab = np.asarray(alpha_bar, dtype=np.float64).reshape(-1, 1, 1)
     target = (X - np.sqrt(ab) * x0) / np.sqrt(1 - ab)
@@ -75,12 +83,12 @@ def _cos(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.where(den > 0, (a * b).sum(-1) / np.where(den > 0, den, 1.0), 0.0)
 
 
-def cosine_curves(eps_c, eps_u, x, x_T) -> dict[str, np.ndarray]:  # noqa: N803
+def cosine_curves(eps_c, eps_u, x, x_T) -> dict[str, np.ndarray]:
     """Per-step mean over seeds of cos(eps_c|eps_u, x|x_T), and of cos(eps_u - eps_c, x) (the guidance
     direction, proportional to x0_c - x0_u); eps: (steps, S, ...), x: (...), x_T: (S, ...)."""
-    C, U = _flat(eps_c, 2), _flat(eps_u, 2)  # noqa: N806
+    C, U = _flat(eps_c, 2), _flat(eps_u, 2)
     xv = _flat(x, 0).reshape(1, 1, -1)
-    xT = _flat(x_T, 1)[None]  # noqa: N806
+    xT = _flat(x_T, 1)[None]
     return {
         "cos_epsc_x": _cos(C, np.broadcast_to(xv, C.shape)).mean(1),
         "cos_epsu_x": _cos(U, np.broadcast_to(xv, U.shape)).mean(1),
@@ -95,8 +103,8 @@ def pairwise_distance(xs) -> np.ndarray:
     Needs S >= 2 (pass ``x[None]`` for a single set of seeds)."""
     if xs.ndim < 3:
         raise ValueError(f"pairwise_distance needs (steps, S, *latent), got shape {tuple(xs.shape)}")
-    X = _flat(xs, 2)  # noqa: N806
-    S, d = X.shape[1], X.shape[2]  # noqa: N806
+    X = _flat(xs, 2)
+    S, d = X.shape[1], X.shape[2]
     if S < 2:
         raise ValueError("seed distances need at least 2 seeds")
     sq = (X**2).sum(-1)
@@ -109,21 +117,21 @@ def pairwise_distance(xs) -> np.ndarray:
 
 def pairwise_cosine(xs) -> float:
     """Mean over seed pairs of the cosine similarity of (S, ...) vectors (seed collapse)."""
-    X = _flat(xs, 1)  # noqa: N806
-    S = X.shape[0]  # noqa: N806
+    X = _flat(xs, 1)
+    S = X.shape[0]
     if S < 2:
         raise ValueError("seed collapse needs at least 2 seeds")
     iu = np.triu_indices(S, 1)
     return float(_cos(X[iu[0]], X[iu[1]]).mean())
 
 
-def decompose(xs, x, x_T) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # noqa: N803
+def decompose(xs, x, x_T) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Least squares ``x_i^s = w0 x + wT x_T^s`` for every step i and seed s.
 
     Returns w0, wT and the residual RMSE, each (steps, S). Solved from the 2x2 normal equations."""
-    X = _flat(xs, 2)  # noqa: N806
+    X = _flat(xs, 2)
     xv = _flat(x, 0)
-    N = _flat(x_T, 1)  # noqa: N806  (S, d)
+    N = _flat(x_T, 1)
     d = X.shape[-1]
     a11 = xv @ xv
     a12 = N @ xv  # (S,)
@@ -132,14 +140,16 @@ def decompose(xs, x, x_T) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # noqa:
     b2 = np.einsum("tsd,sd->ts", X, N)
     det = a11 * a22 - a12**2
     if np.any(det <= 1e-12 * a11 * a22):
-        raise ValueError("the training image and the initial noise are (nearly) collinear: the decomposition is undefined")
+        raise ValueError(
+            "the training image and the initial noise are (nearly) collinear: the decomposition is undefined"
+        )
     w0 = (a22 * b1 - a12 * b2) / det
-    wT = (a11 * b2 - a12 * b1) / det  # noqa: N806
+    wT = (a11 * b2 - a12 * b1) / det
     res = X - w0[..., None] * xv[None, None] - wT[..., None] * N[None]
     return w0, wT, np.sqrt((res**2).sum(-1) / d)
 
 
-def deviations(w0: np.ndarray, wT: np.ndarray, alpha_bar) -> tuple[float, float]:  # noqa: N803
+def deviations(w0: np.ndarray, wT: np.ndarray, alpha_bar) -> tuple[float, float]:
     """D1 = sum_i (mean_s w0 - sqrt(ab_i)),  D2 = -sum_i (mean_s wT - sqrt(1 - ab_i)); w: (steps, S)."""
     ab = np.asarray(alpha_bar, dtype=np.float64)
     d1 = float((np.asarray(w0).mean(1) - np.sqrt(ab)).sum())
@@ -156,7 +166,7 @@ def convergence(dist: np.ndarray, step: int) -> float:
     return float(1.0 - dist[step] / dist[0]) if dist[0] > 0 else float("nan")
 
 
-def analyze(traj, x: torch.Tensor, first_steps: int = 1, converge_step: Optional[int] = None) -> dict:
+def analyze(traj, x: torch.Tensor, first_steps: int = 1, converge_step: int | None = None) -> dict:
     """Every statistic of one recorded :class:`~diffmem.audit.recorder.Trajectory` against image ``x``
     (model space). Returns scalars and per-step curves (lists)."""
     steps = traj.steps
@@ -174,7 +184,7 @@ def analyze(traj, x: torch.Tensor, first_steps: int = 1, converge_step: Optional
     cos = cosine_curves(eps_c, eps_u, x, traj.x_T)
     dist = pairwise_distance(xs)
     final = pairwise_distance(traj.x_final[None])[0]
-    w0, wT, rmse = decompose(xs, x, traj.x_T)  # noqa: N806
+    w0, wT, rmse = decompose(xs, x, traj.x_T)
     d1, d2 = deviations(w0, wT, ab)
     diff = _flat(eps_c, 2) - _flat(eps_u, 2)
     wen = np.linalg.norm(diff, axis=-1).mean(1)  # (steps,) mean over seeds of |eps_c - eps_u|_2
@@ -191,7 +201,9 @@ def analyze(traj, x: torch.Tensor, first_steps: int = 1, converge_step: Optional
         "wen_mean": float(wen.mean()),
         "loss_guided_mean": float(loss_g.mean()),
         "loss_cond_mean": float(loss_c.mean()),
-        "loss_ratio_first": float(loss_g[:first_steps].mean() / loss_c[:first_steps].mean()) if loss_c[:first_steps].mean() > 0 else float("nan"),
+        "loss_ratio_first": float(loss_g[:first_steps].mean() / loss_c[:first_steps].mean())
+        if loss_c[:first_steps].mean() > 0
+        else float("nan"),
         "final_distance": float(final),
         "decomposition_rmse_mean": float(rmse.mean()),
         "curves": {
@@ -209,7 +221,9 @@ def analyze(traj, x: torch.Tensor, first_steps: int = 1, converge_step: Optional
     }
 
 
-def bootstrap_ci(fn, a: np.ndarray, b: np.ndarray, n_boot: int, rng: np.random.Generator, level: float = 0.95) -> tuple[Optional[float], Optional[float]]:
+def bootstrap_ci(
+    fn, a: np.ndarray, b: np.ndarray, n_boot: int, rng: np.random.Generator, level: float = 0.95
+) -> tuple[float | None, float | None]:
     """Percentile interval of ``fn(a[idx], b[idx])`` over ``n_boot`` resamples of the pairs."""
     n = len(a)
     vals = []
@@ -225,7 +239,9 @@ def bootstrap_ci(fn, a: np.ndarray, b: np.ndarray, n_boot: int, rng: np.random.G
     return float(np.quantile(vals, q)), float(np.quantile(vals, 1 - q))
 
 
-def correlations(stats: dict[str, Sequence[float]], severity: Sequence[float], n_boot: int = 1000, seed: int = 0) -> dict[str, dict]:
+def correlations(
+    stats: dict[str, Sequence[float]], severity: Sequence[float], n_boot: int = 1000, seed: int = 0
+) -> dict[str, dict]:
     """Pearson and Spearman correlation of every statistic with severity across prompts, with
     bootstrap 95% intervals (resampling prompts; scipy.stats for the point estimates)."""
     import warnings
@@ -239,7 +255,13 @@ def correlations(stats: dict[str, Sequence[float]], severity: Sequence[float], n
         ok = np.isfinite(v) & np.isfinite(sev)
         a, b = v[ok], sev[ok]
         if len(a) < 3 or np.ptp(a) == 0 or np.ptp(b) == 0:
-            out[name] = {"n": int(len(a)), "pearson": None, "pearson_ci": [None, None], "spearman": None, "spearman_ci": [None, None]}
+            out[name] = {
+                "n": len(a),
+                "pearson": None,
+                "pearson_ci": [None, None],
+                "spearman": None,
+                "spearman_ci": [None, None],
+            }
             continue
         rng = np.random.default_rng(seed)
         pr = lambda u, w: float(st.pearsonr(u, w)[0])  # noqa: E731
@@ -248,7 +270,7 @@ def correlations(stats: dict[str, Sequence[float]], severity: Sequence[float], n
             warnings.simplefilter("ignore", RuntimeWarning)
             warnings.filterwarnings("ignore", message=".*constant.*")
             out[name] = {
-                "n": int(len(a)),
+                "n": len(a),
                 "pearson": pr(a, b),
                 "pearson_ci": list(bootstrap_ci(pr, a, b, n_boot, rng)),
                 "spearman": sr(a, b),

@@ -22,11 +22,11 @@ negatives this means no false positive at all).
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["DETECTORS", "detector_costs", "roc_table", "tpr_at_fpr", "auroc"]
+__all__ = ["DETECTORS", "auroc", "detector_costs", "roc_table", "tpr_at_fpr"]
 
 #: name -> (description, needs the training image)
 DETECTORS: dict[str, tuple[str, bool]] = {
@@ -69,8 +69,13 @@ def tpr_at_fpr(y: Sequence[int], s: Sequence[float], fpr: float = 0.01) -> float
     return float(t[ok].max()) if ok.any() else 0.0
 
 
-def roc_table(scores: dict[str, Sequence[float]], labels: Sequence[Optional[str]], positive: Sequence[str] = ("memorized",),
-              negative: Sequence[str] = ("normal",), costs: Optional[dict[str, int]] = None) -> dict[str, dict]:
+def roc_table(
+    scores: dict[str, Sequence[float]],
+    labels: Sequence[str | None],
+    positive: Sequence[str] = ("memorized",),
+    negative: Sequence[str] = ("normal",),
+    costs: dict[str, int] | None = None,
+) -> dict[str, dict]:
     """AUROC, TPR@1%FPR and the ROC curve of every detector for ``positive`` vs ``negative`` labels.
 
     Prompts with other labels (or no label) are left out. Scores that are not finite are left out
@@ -84,8 +89,15 @@ def roc_table(scores: dict[str, Sequence[float]], labels: Sequence[Optional[str]
         keep = np.array([(lab in positive or lab in negative) for lab in labels]) & np.isfinite(v)
         y = np.array([1 if lab in positive else 0 for lab in labels])[keep]
         s = v[keep]
-        row = {"n_pos": int(y.sum()), "n_neg": int((1 - y).sum()), "auroc": None, "tpr_at_1fpr": None, "roc": None,
-               "needs_image": DETECTORS.get(name, ("", False))[1], "cost": (costs or {}).get(name)}
+        row = {
+            "n_pos": int(y.sum()),
+            "n_neg": int((1 - y).sum()),
+            "auroc": None,
+            "tpr_at_1fpr": None,
+            "roc": None,
+            "needs_image": DETECTORS.get(name, ("", False))[1],
+            "cost": (costs or {}).get(name),
+        }
         if row["n_pos"] and row["n_neg"]:
             f, t, _ = roc_curve(y, s)
             row.update(auroc=auroc(y, s), tpr_at_1fpr=tpr_at_fpr(y, s), roc={"fpr": f.tolist(), "tpr": t.tolist()})

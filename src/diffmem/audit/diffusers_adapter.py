@@ -28,13 +28,13 @@ import contextlib
 import json
 import warnings
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import torch
 
 from ..schedule import Schedule
 
-__all__ = ["DiffusersModel", "load_pipeline_model", "schedule_from_scheduler", "REQUIRED_COMPONENTS"]
+__all__ = ["REQUIRED_COMPONENTS", "DiffusersModel", "load_pipeline_model", "schedule_from_scheduler"]
 
 #: components a Stable-Diffusion-style folder must have, with the file that marks each one
 REQUIRED_COMPONENTS = {
@@ -54,7 +54,7 @@ _LAYOUT = (
 
 def _import_diffusers():
     try:
-        import diffusers  # noqa: F401
+        import diffusers
         import transformers  # noqa: F401
     except ImportError as e:
         raise ImportError(
@@ -85,7 +85,9 @@ def check_pipeline_folder(folder: str | Path) -> dict:
         raise ValueError(f"{index_path} must hold a JSON object; {_LAYOUT}")
     cls = str(index.get("_class_name", ""))
     if "XL" in cls or "StableDiffusion3" in cls or "Flux" in cls:
-        raise ValueError(f"{folder} holds a {cls}; only Stable-Diffusion-1.x/2.x-style pipelines (one CLIP text encoder) are supported")
+        raise ValueError(
+            f"{folder} holds a {cls}; only Stable-Diffusion-1.x/2.x-style pipelines (one CLIP text encoder) are supported"
+        )
     missing = []
     for name, markers in REQUIRED_COMPONENTS.items():
         entry = index.get(name)
@@ -93,7 +95,9 @@ def check_pipeline_folder(folder: str | Path) -> dict:
         if not entry or entry == [None, None] or not sub.is_dir() or not any((sub / m).is_file() for m in markers):
             missing.append(f"{name}/ (with {' or '.join(markers)})")
     if missing:
-        raise ValueError(f"{folder} is not a complete diffusers pipeline folder: missing {', '.join(missing)}; {_LAYOUT}")
+        raise ValueError(
+            f"{folder} is not a complete diffusers pipeline folder: missing {', '.join(missing)}; {_LAYOUT}"
+        )
     return index
 
 
@@ -110,7 +114,7 @@ def schedule_from_scheduler(scheduler: Any) -> Schedule:
             "the scheduler rescales betas to zero terminal SNR (alpha_bar = 0 at the last step), which has no "
             "eps-prediction at t = T; set rescale_betas_zero_snr to false in scheduler/scheduler_config.json"
         )
-    T = int(cfg.get("num_train_timesteps", 1000))  # noqa: N806
+    T = int(cfg.get("num_train_timesteps", 1000))
     kind = cfg.get("beta_schedule", "linear")
     b0, b1 = float(cfg.get("beta_start", 1e-4)), float(cfg.get("beta_end", 2e-2))
     trained = cfg.get("trained_betas", None)
@@ -123,12 +127,16 @@ def schedule_from_scheduler(scheduler: Any) -> Schedule:
     elif getattr(scheduler, "betas", None) is not None:
         betas = torch.as_tensor(scheduler.betas).to(torch.float64)
     else:
-        raise ValueError(f"cannot rebuild the beta schedule {kind!r} of {type(scheduler).__name__}: it exposes no betas")
+        raise ValueError(
+            f"cannot rebuild the beta schedule {kind!r} of {type(scheduler).__name__}: it exposes no betas"
+        )
     sched = Schedule(betas)
     ref = getattr(scheduler, "alphas_cumprod", None)
     if ref is not None:
         ref = torch.as_tensor(ref).to(torch.float64)
-        if ref.shape != sched.alphas_cumprod.shape or not torch.allclose(sched.alphas_cumprod, ref, rtol=1e-4, atol=1e-7):
+        if ref.shape != sched.alphas_cumprod.shape or not torch.allclose(
+            sched.alphas_cumprod, ref, rtol=1e-4, atol=1e-7
+        ):
             raise ValueError(
                 f"the rebuilt {kind!r} schedule disagrees with {type(scheduler).__name__}.alphas_cumprod; "
                 "check beta_start/beta_end/beta_schedule in scheduler/scheduler_config.json"
@@ -144,11 +152,20 @@ class DiffusersModel:
     (cond and uncond still share each chunk) when the whole batch does not fit in memory.
     """
 
-    def __init__(self, pipeline: Any, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
-                 folder: Optional[str | Path] = None, batch_size: Optional[int] = None):
+    def __init__(
+        self,
+        pipeline: Any,
+        *,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float32,
+        folder: str | Path | None = None,
+        batch_size: int | None = None,
+    ):
         for name in REQUIRED_COMPONENTS:
             if getattr(pipeline, name, None) is None:
-                raise ValueError(f"the pipeline has no {name}; a Stable-Diffusion-style pipeline needs {', '.join(REQUIRED_COMPONENTS)}")
+                raise ValueError(
+                    f"the pipeline has no {name}; a Stable-Diffusion-style pipeline needs {', '.join(REQUIRED_COMPONENTS)}"
+                )
         if batch_size is not None and int(batch_size) < 1:
             raise ValueError(f"batch_size must be a positive integer or None, got {batch_size}")
         self.pipeline = pipeline
@@ -157,17 +174,27 @@ class DiffusersModel:
         self.dtype = dtype
         self.batch_size = None if batch_size is None else int(batch_size)
         self.unet, self.vae = pipeline.unet, pipeline.vae
-        self.text_encoder, self.tokenizer, self.scheduler = pipeline.text_encoder, pipeline.tokenizer, pipeline.scheduler
+        self.text_encoder, self.tokenizer, self.scheduler = (
+            pipeline.text_encoder,
+            pipeline.tokenizer,
+            pipeline.scheduler,
+        )
         ucfg = self.unet.config
         if ucfg.get("addition_embed_type") is not None or ucfg.get("class_embed_type") is not None:
-            raise ValueError("the U-Net needs extra conditioning (addition/class embeddings, e.g. SDXL or upscalers); "
-                             "only text-conditioned Stable-Diffusion-1.x/2.x U-Nets are supported")
+            raise ValueError(
+                "the U-Net needs extra conditioning (addition/class embeddings, e.g. SDXL or upscalers); "
+                "only text-conditioned Stable-Diffusion-1.x/2.x U-Nets are supported"
+            )
         if ucfg.get("time_cond_proj_dim") is not None:
-            raise ValueError("the U-Net takes a guidance embedding (LCM-style time_cond_proj_dim); it is not a classifier-free-guidance model")
+            raise ValueError(
+                "the U-Net takes a guidance embedding (LCM-style time_cond_proj_dim); it is not a classifier-free-guidance model"
+            )
         self.prediction_type = self.scheduler.config.get("prediction_type", "epsilon")
         if self.prediction_type not in ("epsilon", "v_prediction", "sample"):
-            raise ValueError(f"unsupported prediction_type {self.prediction_type!r} in scheduler/scheduler_config.json; "
-                             "expected 'epsilon', 'v_prediction' or 'sample'")
+            raise ValueError(
+                f"unsupported prediction_type {self.prediction_type!r} in scheduler/scheduler_config.json; "
+                "expected 'epsilon', 'v_prediction' or 'sample'"
+            )
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
         size = ucfg.sample_size
         h, w = (size, size) if isinstance(size, int) else tuple(int(s) for s in size)
@@ -196,12 +223,17 @@ class DiffusersModel:
         if hit is not None:
             return hit
         tok = self.tokenizer
-        inputs = tok(prompt, padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt")
+        inputs = tok(
+            prompt, padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt"
+        )
         ids = inputs.input_ids
         full = tok(prompt, padding="longest", return_tensors="pt").input_ids
         if full.shape[-1] > ids.shape[-1]:
-            warnings.warn(f"prompt {prompt[:60]!r}... is longer than the text encoder's {tok.model_max_length} tokens and was "
-                          "truncated, as the pipeline does", stacklevel=2)
+            warnings.warn(
+                f"prompt {prompt[:60]!r}... is longer than the text encoder's {tok.model_max_length} tokens and was "
+                "truncated, as the pipeline does",
+                stacklevel=2,
+            )
         mask = None
         if getattr(self.text_encoder.config, "use_attention_mask", False):
             mask = inputs.attention_mask.to(self.device)
@@ -211,7 +243,11 @@ class DiffusersModel:
 
     # ------------------------------------------------------------------------------- denoising
     def _check_x(self, x: torch.Tensor, what: str = "x") -> None:
-        if not isinstance(x, torch.Tensor) or x.ndim != 1 + len(self.latent_shape) or tuple(x.shape[1:]) != self.latent_shape:
+        if (
+            not isinstance(x, torch.Tensor)
+            or x.ndim != 1 + len(self.latent_shape)
+            or tuple(x.shape[1:]) != self.latent_shape
+        ):
             shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
             raise ValueError(f"{what} must have shape (S, {', '.join(map(str, self.latent_shape))}), got {shape}")
 
@@ -219,7 +255,7 @@ class DiffusersModel:
     def predict(self, x: torch.Tensor, t: torch.Tensor, prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
         """(eps_c, eps_u) at latents ``x`` (S, *latent_shape) and step indices ``t`` (S,), one U-Net pass."""
         self._check_x(x)
-        S = x.shape[0]  # noqa: N806
+        S = x.shape[0]
         t = torch.as_tensor(t)
         if t.ndim == 0:
             t = t.expand(S)
@@ -233,10 +269,12 @@ class DiffusersModel:
         chunk = self.batch_size or S
         eps_c, eps_u = [], []
         for lo in range(0, S, chunk):
-            xs, ks = xm[lo:lo + chunk], k[lo:lo + chunk]
+            xs, ks = xm[lo : lo + chunk], k[lo : lo + chunk]
             n = xs.shape[0]
             hidden = torch.cat([uncond.expand(n, -1, -1), cond.expand(n, -1, -1)])
-            out = self.unet(torch.cat([xs, xs]), torch.cat([ks, ks]), encoder_hidden_states=hidden, return_dict=False)[0]
+            out = self.unet(torch.cat([xs, xs]), torch.cat([ks, ks]), encoder_hidden_states=hidden, return_dict=False)[
+                0
+            ]
             out = self._to_eps(out, torch.cat([xs, xs]), torch.cat([ks, ks]))
             u, c = out.chunk(2)
             eps_c.append(c)
@@ -247,7 +285,9 @@ class DiffusersModel:
         if self.prediction_type == "epsilon":
             return out
         ab = self._ab[k].to(out.dtype).reshape(-1, *([1] * (out.ndim - 1)))
-        if self.prediction_type == "v_prediction":  # v = sqrt(ab) eps - sqrt(1-ab) x0  =>  eps = sqrt(ab) v + sqrt(1-ab) x
+        if (
+            self.prediction_type == "v_prediction"
+        ):  # v = sqrt(ab) eps - sqrt(1-ab) x0  =>  eps = sqrt(ab) v + sqrt(1-ab) x
             return ab.sqrt() * out + (1 - ab).sqrt() * x
         return (x - ab.sqrt() * out) / (1 - ab).sqrt()  # "sample": the model predicts x0
 
@@ -268,7 +308,7 @@ class DiffusersModel:
 
     # ------------------------------------------------------------------------------- pixels
     def _to_resolution(self, img: torch.Tensor) -> torch.Tensor:
-        H, W = self.resolution  # noqa: N806
+        H, W = self.resolution
         h, w = img.shape[-2:]
         if (h, w) == (H, W):
             return img
@@ -276,13 +316,18 @@ class DiffusersModel:
             if h * W > w * H:
                 nh = max(1, round(w * H / W))
                 top = (h - nh) // 2
-                img = img[..., top:top + nh, :]
+                img = img[..., top : top + nh, :]
             else:
                 nw = max(1, round(h * W / H))
                 left = (w - nw) // 2
-                img = img[..., :, left:left + nw]
-        return torch.nn.functional.interpolate(img, size=(H, W), mode="bilinear", align_corners=False,
-                                               antialias=bool(img.shape[-2] > H or img.shape[-1] > W)).clamp(0, 1)
+                img = img[..., :, left : left + nw]
+        return torch.nn.functional.interpolate(
+            img,
+            size=(H, W),
+            mode="bilinear",
+            align_corners=False,
+            antialias=bool(img.shape[-2] > H or img.shape[-1] > W),
+        ).clamp(0, 1)
 
     @torch.no_grad()
     def encode(self, pixels: torch.Tensor, batch_size: int = 8) -> torch.Tensor:
@@ -294,7 +339,7 @@ class DiffusersModel:
             raise ValueError("pixels must be finite and lie in [0, 1]")
         out = []
         for lo in range(0, pixels.shape[0], batch_size):
-            p = pixels[lo:lo + batch_size].to(torch.float32)
+            p = pixels[lo : lo + batch_size].to(torch.float32)
             if p.shape[1] == 1:
                 p = p.repeat(1, 3, 1, 1)
             p = self._to_resolution(p)
@@ -308,7 +353,7 @@ class DiffusersModel:
         self._check_x(latents, "latents")
         out = []
         for lo in range(0, latents.shape[0], batch_size):
-            z = latents[lo:lo + batch_size].to(self.device, self.dtype) / self.scaling_factor + self.shift_factor
+            z = latents[lo : lo + batch_size].to(self.device, self.dtype) / self.scaling_factor + self.shift_factor
             img = self.vae.decode(z, return_dict=False)[0]
             out.append(((img.float() + 1) / 2).clamp(0, 1).cpu())
         return torch.cat(out)
@@ -351,15 +396,20 @@ def _quiet_libraries():
                 m.enable_progress_bar()
 
 
-def _weights_variant(folder: Path) -> Optional[str]:
-    """"fp16" when the U-Net's weights exist only as the fp16 variant (``*.fp16.safetensors``), else None."""
+def _weights_variant(folder: Path) -> str | None:
+    """ "fp16" when the U-Net's weights exist only as the fp16 variant (``*.fp16.safetensors``), else None."""
     names = [p.name for p in (folder / "unet").iterdir() if p.suffix in (".safetensors", ".bin")]
     plain = [n for n in names if ".fp16." not in n and not n.endswith(".fp16.safetensors")]
     return "fp16" if names and not plain and any(".fp16." in n for n in names) else None
 
 
-def load_pipeline_model(folder: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
-                        batch_size: Optional[int] = None, quiet: bool = True) -> DiffusersModel:
+def load_pipeline_model(
+    folder: str | Path,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    batch_size: int | None = None,
+    quiet: bool = True,
+) -> DiffusersModel:
     """Load a Stable-Diffusion-style pipeline from a local folder (never from a hub) as a :class:`DiffusersModel`.
 
     The safety checker, feature extractor and image encoder are not loaded (the audit does not use them).
@@ -373,15 +423,21 @@ def load_pipeline_model(folder: str | Path, device: str | torch.device = "cpu", 
     if variant is not None:
         extra["variant"] = variant
     try:
-        with warnings.catch_warnings(), (_quiet_libraries() if quiet else contextlib.nullcontext()):
+        with warnings.catch_warnings(), _quiet_libraries() if quiet else contextlib.nullcontext():
             warnings.simplefilter("ignore", FutureWarning)
             pipe = diffusers.StableDiffusionPipeline.from_pretrained(
-                str(folder), local_files_only=True, safety_checker=None, requires_safety_checker=False,
-                torch_dtype=dtype, **extra,
+                str(folder),
+                local_files_only=True,
+                safety_checker=None,
+                requires_safety_checker=False,
+                torch_dtype=dtype,
+                **extra,
             )
     except (OSError, ValueError, KeyError, TypeError, AttributeError, RuntimeError) as e:
-        raise ValueError(f"could not load the diffusers pipeline in {folder} ({type(e).__name__}: {e}); {_LAYOUT}, "
-                         "each with its weights (*.safetensors or *.bin)") from e
+        raise ValueError(
+            f"could not load the diffusers pipeline in {folder} ({type(e).__name__}: {e}); {_LAYOUT}, "
+            "each with its weights (*.safetensors or *.bin)"
+        ) from e
     if hasattr(pipe, "set_progress_bar_config"):
         pipe.set_progress_bar_config(disable=True)
     return DiffusersModel(pipe, device=device, dtype=dtype, folder=folder, batch_size=batch_size)

@@ -25,25 +25,27 @@ import io
 import json
 import re
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import torch
 
 from .protocol import LABELS, PromptSpec
 
-__all__ = ["read_manifest", "load_image"]
+__all__ = ["load_image", "read_manifest"]
 
 _KEY = re.compile(r"^[A-Za-z0-9_.\-]+$")
 
 
-def load_image(path: str | Path, max_side: Optional[int] = 768, what: str = "image") -> torch.Tensor:
+def load_image(path: str | Path, max_side: int | None = 768, what: str = "image") -> torch.Tensor:
     """An image file as a float32 (3, H, W) tensor in [0, 1] (RGB; shorter side at most ``max_side``)."""
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{what}: image file {path} does not exist; fix the path (relative paths are relative to the manifest's folder)")
+        raise FileNotFoundError(
+            f"{what}: image file {path} does not exist; fix the path (relative paths are relative to the manifest's folder)"
+        )
     try:
         with Image.open(path) as im:
             im.load()
@@ -71,10 +73,10 @@ def _entries(path: Path) -> list[tuple[str, Any]]:
             raise ValueError(f"{path} is not valid JSON ({e})") from e
         if isinstance(data, dict):
             if "prompts" not in data:
-                raise ValueError(f"{path}: a JSON manifest is a list of entries or an object with a \"prompts\" list")
+                raise ValueError(f'{path}: a JSON manifest is a list of entries or an object with a "prompts" list')
             data = data["prompts"]
         if not isinstance(data, list):
-            raise ValueError(f"{path}: the prompts must be a JSON list of {{\"prompt\", \"image\", \"label\"}} objects")
+            raise ValueError(f'{path}: the prompts must be a JSON list of {{"prompt", "image", "label"}} objects')
         return [(f"{path.name} entry {i + 1}", e) for i, e in enumerate(data)]
     if suffix in (".jsonl", ".ndjson"):
         out = []
@@ -90,8 +92,10 @@ def _entries(path: Path) -> list[tuple[str, Any]]:
         reader = csv.DictReader(io.StringIO(text, newline=""))
         fields = [f.strip().lower() for f in (reader.fieldnames or [])]
         if "prompt" not in fields or "image" not in fields:
-            raise ValueError(f"{path}: a CSV manifest needs a header row with the columns prompt,image[,label] "
-                             f"(found {reader.fieldnames})")
+            raise ValueError(
+                f"{path}: a CSV manifest needs a header row with the columns prompt,image[,label] "
+                f"(found {reader.fieldnames})"
+            )
         out = []
         for row in reader:
             entry = {str(k).strip().lower(): v for k, v in row.items() if k is not None}
@@ -100,7 +104,7 @@ def _entries(path: Path) -> list[tuple[str, Any]]:
     raise ValueError(f"{path}: unknown manifest type {path.suffix!r}; use .json, .jsonl or .csv")
 
 
-def _label(raw: Any, where: str) -> Optional[str]:
+def _label(raw: Any, where: str) -> str | None:
     if raw is None:
         return None
     if not isinstance(raw, str):
@@ -113,11 +117,13 @@ def _label(raw: Any, where: str) -> Optional[str]:
     return s
 
 
-def read_manifest(path: str | Path, max_side: Optional[int] = 768) -> list[PromptSpec]:
+def read_manifest(path: str | Path, max_side: int | None = 768) -> list[PromptSpec]:
     """Prompts and training images from a JSON, JSONL or CSV manifest (see the module docstring)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"no such manifest: {path}; give a .json, .jsonl or .csv file listing prompt, image and label")
+        raise FileNotFoundError(
+            f"no such manifest: {path}; give a .json, .jsonl or .csv file listing prompt, image and label"
+        )
     raw = _entries(path)
     if not raw:
         raise ValueError(f"{path} lists no prompts; add entries with a prompt and the path of its training image")
@@ -127,10 +133,10 @@ def read_manifest(path: str | Path, max_side: Optional[int] = 768) -> list[Promp
     keys: dict[str, str] = {}
     for where, e in raw:
         if not isinstance(e, dict):
-            raise ValueError(f"{where}: an entry must be an object with \"prompt\" and \"image\", got {type(e).__name__}")
+            raise ValueError(f'{where}: an entry must be an object with "prompt" and "image", got {type(e).__name__}')
         prompt = e.get("prompt")
         if not isinstance(prompt, str) or not prompt.strip():
-            raise ValueError(f"{where}: the entry has no prompt text; give a non-empty \"prompt\"")
+            raise ValueError(f'{where}: the entry has no prompt text; give a non-empty "prompt"')
         where = f"{where} (prompt {prompt[:60]!r})"
         image = e.get("image")
         if image is None or (isinstance(image, str) and not image.strip()):
@@ -143,13 +149,17 @@ def read_manifest(path: str | Path, max_side: Optional[int] = 768) -> list[Promp
             key = None
         if key is not None:
             if not isinstance(key, str) or not _KEY.match(key):
-                raise ValueError(f"{where}: key {key!r} must be letters, digits, '_', '.' or '-' (it names output files)")
+                raise ValueError(
+                    f"{where}: key {key!r} must be letters, digits, '_', '.' or '-' (it names output files)"
+                )
             if key in keys:
                 raise ValueError(f"{where}: key {key!r} is already used by {keys[key]}; keys must be unique")
             keys[key] = where
         if prompt in first_seen and (key is None or not first_seen[prompt][1]):
-            raise ValueError(f"{where}: duplicate prompt (also {first_seen[prompt][0]}); remove one, "
-                             "or give every copy its own \"key\" to audit the prompt against several images")
+            raise ValueError(
+                f"{where}: duplicate prompt (also {first_seen[prompt][0]}); remove one, "
+                'or give every copy its own "key" to audit the prompt against several images'
+            )
         first_seen.setdefault(prompt, (where, key is not None))
         img = load_image(Path(image) if Path(image).is_absolute() else base / image, max_side=max_side, what=where)
         specs.append(PromptSpec(prompt=prompt, image=img, label=label, key=key))

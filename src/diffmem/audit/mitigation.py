@@ -18,11 +18,11 @@ model can tell (``model.fidelity(prompt, pixels)``; the testbed's digit classifi
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["SCHEDULES", "guidance_schedule", "transition_steps", "mitigation_table"]
+__all__ = ["SCHEDULES", "guidance_schedule", "mitigation_table", "transition_steps"]
 
 SCHEDULES = ("constant", "conditional_only", "no_early_guidance", "negative_early_guidance")
 
@@ -57,11 +57,17 @@ def mitigation_table(prompts: Sequence[dict], threshold: float) -> dict[str, dic
     for sched in SCHEDULES:
         rows = {}
         for lab in labels + ["all"]:
-            ps = [p for p in prompts if sched in (p.get("mitigation") or {}) and (lab == "all" or (p.get("label") or "unlabelled") == lab)]
+            ps = [
+                p
+                for p in prompts
+                if sched in (p.get("mitigation") or {}) and (lab == "all" or (p.get("label") or "unlabelled") == lab)
+            ]
             if not ps:
                 continue
             sev = np.concatenate([np.asarray(p["mitigation"][sched]["severity"], dtype=np.float64) for p in ps])
-            fid = np.concatenate([np.asarray(p["mitigation"][sched].get("fidelity") or [np.nan], dtype=np.float64) for p in ps])
+            fid = np.concatenate(
+                [np.asarray(p["mitigation"][sched].get("fidelity") or [np.nan], dtype=np.float64) for p in ps]
+            )
             fid = fid[np.isfinite(fid)]
             rows[lab] = {
                 "prompts": len(ps),

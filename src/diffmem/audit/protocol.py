@@ -6,11 +6,11 @@ model space for the testbed, VAE latents for Stable Diffusion).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Optional, Protocol, Sequence, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import numpy as np
-
 import torch
 
 from ..schedule import Schedule
@@ -29,8 +29,8 @@ class PromptSpec:
 
     prompt: str
     image: torch.Tensor
-    label: Optional[str] = None
-    key: Optional[str] = None
+    label: str | None = None
+    key: str | None = None
 
     def __post_init__(self):
         if not isinstance(self.prompt, str):
@@ -39,8 +39,10 @@ class PromptSpec:
             raise ValueError(f"prompt {self.prompt!r} has no training image: give the image it may reproduce")
         img = torch.as_tensor(self.image)
         if img.ndim != 3 or not torch.isfinite(img).all() or img.min() < 0 or img.max() > 1:
-            raise ValueError(f"the image of prompt {self.prompt!r} must be a finite (C, H, W) tensor with values in [0, 1], "
-                             f"got shape {tuple(img.shape)}")
+            raise ValueError(
+                f"the image of prompt {self.prompt!r} must be a finite (C, H, W) tensor with values in [0, 1], "
+                f"got shape {tuple(img.shape)}"
+            )
         if self.label is not None and self.label not in LABELS:
             raise ValueError(f"label of prompt {self.prompt!r} must be one of {LABELS} or None, got {self.label!r}")
         if self.key is None:

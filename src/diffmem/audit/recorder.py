@@ -17,8 +17,8 @@ memory is bounded by one prompt and a killed run never leaves half a trajectory.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
 import torch
 
@@ -27,7 +27,7 @@ from ..sampling import Step, ddim, randn_per_sample
 from ..sampling import timesteps as _timesteps
 from .protocol import GuidedModel
 
-__all__ = ["Trajectory", "record", "sample_final", "model_timesteps", "prompt_seeds"]
+__all__ = ["Trajectory", "model_timesteps", "prompt_seeds", "record", "sample_final"]
 
 
 def model_timesteps(model: GuidedModel, steps: int, spacing: str = "leading") -> list[int]:
@@ -36,7 +36,9 @@ def model_timesteps(model: GuidedModel, steps: int, spacing: str = "leading") ->
     own = getattr(model, "timesteps", None)
     ks = [int(k) for k in own(int(steps))] if callable(own) else _timesteps(model.schedule, int(steps), spacing)
     if len(ks) != int(steps) or any(a <= b for a, b in zip(ks, ks[1:])) or not 0 <= ks[-1] <= ks[0] < model.schedule.T:
-        raise ValueError(f"the model's timesteps must be {steps} strictly decreasing indices in [0, {model.schedule.T}), got {ks}")
+        raise ValueError(
+            f"the model's timesteps must be {steps} strictly decreasing indices in [0, {model.schedule.T}), got {ks}"
+        )
     return ks
 
 
@@ -56,7 +58,9 @@ class Trajectory:
 
     _KEYS = ("x", "eps_c", "eps_u", "x_final", "ks", "alpha_bar", "alpha_bar_prev", "scales", "seeds")
 
-    def __init__(self, tensors: Optional[dict[str, torch.Tensor]] = None, path: Optional[Path] = None, prompt: str = "") -> None:
+    def __init__(
+        self, tensors: dict[str, torch.Tensor] | None = None, path: Path | None = None, prompt: str = ""
+    ) -> None:
         self._t = dict(tensors or {})
         self.path = Path(path) if path is not None else None
         self.prompt = prompt
@@ -66,7 +70,7 @@ class Trajectory:
             raise FileNotFoundError(f"no recorded trajectory at {self.path}; run the audit to record it")
 
     @classmethod
-    def load(cls, path: str | Path) -> "Trajectory":
+    def load(cls, path: str | Path) -> Trajectory:
         from safetensors import safe_open
 
         path = Path(path)
@@ -97,7 +101,7 @@ class Trajectory:
         return int(self._get("ks").numel())
 
     @property
-    def x_T(self) -> torch.Tensor:  # noqa: N802
+    def x_T(self) -> torch.Tensor:
         return self._get("x")[0]
 
     def _ab(self) -> torch.Tensor:
@@ -125,7 +129,7 @@ class Trajectory:
         """Guided x0 estimates ``x0_u + g (x0_c - x0_u)`` (steps, S, *latent), float64."""
         return self._x0(self.eps_g())
 
-    def save(self, path: str | Path) -> "Trajectory":
+    def save(self, path: str | Path) -> Trajectory:
         _io.save_tensors(path, {k: self._get(k) for k in self._KEYS}, {"prompt": self.prompt})
         return Trajectory.load(path)
 
@@ -140,8 +144,15 @@ def _scales(guidance: float | Sequence[float], steps: int) -> list[float]:
 
 
 @torch.no_grad()
-def record(model: GuidedModel, prompt: str, seeds: Sequence[int], ks: Sequence[int], guidance: float | Sequence[float] = 7.5,
-           path: Optional[str | Path] = None, dtype: torch.dtype = torch.float32) -> Trajectory:
+def record(
+    model: GuidedModel,
+    prompt: str,
+    seeds: Sequence[int],
+    ks: Sequence[int],
+    guidance: float | Sequence[float] = 7.5,
+    path: str | Path | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> Trajectory:
     """Sample ``len(seeds)`` guided DDIM trajectories of ``prompt`` at step indices ``ks`` and record them.
 
     The initial noise of seed s is :func:`diffmem.sampling.randn_per_sample` (independent of batching).
@@ -151,7 +162,7 @@ def record(model: GuidedModel, prompt: str, seeds: Sequence[int], ks: Sequence[i
         raise ValueError("record needs at least one seed")
     ks = [int(k) for k in ks]
     scales = _scales(guidance, len(ks))
-    x_T = randn_per_sample(list(seeds), model.latent_shape, dtype=dtype)  # noqa: N806
+    x_T = randn_per_sample(list(seeds), model.latent_shape, dtype=dtype)
     xs, ecs, eus = [], [], []
     calls = [0]
 
@@ -187,10 +198,12 @@ def record(model: GuidedModel, prompt: str, seeds: Sequence[int], ks: Sequence[i
 
 
 @torch.no_grad()
-def sample_final(model: GuidedModel, prompt: str, seeds: Sequence[int], ks: Sequence[int], guidance: float | Sequence[float]) -> torch.Tensor:
+def sample_final(
+    model: GuidedModel, prompt: str, seeds: Sequence[int], ks: Sequence[int], guidance: float | Sequence[float]
+) -> torch.Tensor:
     """Only the final latents of guided DDIM (nothing recorded): for the mitigation schedules."""
     scales = _scales(guidance, len(ks))
-    x_T = randn_per_sample(list(seeds), model.latent_shape)  # noqa: N806
+    x_T = randn_per_sample(list(seeds), model.latent_shape)
     calls = [0]
 
     def denoiser(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

@@ -13,9 +13,9 @@ Folder layout (``out``):
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
 
 import numpy as np
 
@@ -28,11 +28,20 @@ from .protocol import LABELS, GuidedModel, PromptSpec, Severity
 from .recorder import Trajectory, model_timesteps, prompt_seeds, record, sample_final
 from .severity import PixelCosine
 
-__all__ = ["AuditConfig", "run_audit", "STATISTICS"]
+__all__ = ["STATISTICS", "AuditConfig", "run_audit"]
 
 #: per-prompt statistics correlated with severity
-STATISTICS = ("overestimation_a", "D1", "D2", "convergence", "seed_collapse", "wen_first", "wen_mean", "loss_ratio_first",
-              "cos_guidance_x_first")
+STATISTICS = (
+    "overestimation_a",
+    "D1",
+    "D2",
+    "convergence",
+    "seed_collapse",
+    "wen_first",
+    "wen_mean",
+    "loss_ratio_first",
+    "cos_guidance_x_first",
+)
 
 
 @dataclass(frozen=True)
@@ -47,7 +56,7 @@ class AuditConfig:
     seeds: int = 8
     seed: int = 0
     first_steps: int = 1
-    converge_step: Optional[int] = None
+    converge_step: int | None = None
     spacing: str = "leading"  # only for models without their own timesteps()
     n_boot: int = 1000
     mitigation: bool = True
@@ -66,7 +75,9 @@ class AuditConfig:
         if not 1 <= self.first_steps <= self.steps:
             raise ValueError(f"first_steps must be in [1, steps={self.steps}], got {self.first_steps}")
         if self.converge_step is not None and not 1 <= self.converge_step <= self.steps:
-            raise ValueError(f"converge_step must be in [1, steps={self.steps}] (steps = the final sample), got {self.converge_step}")
+            raise ValueError(
+                f"converge_step must be in [1, steps={self.steps}] (steps = the final sample), got {self.converge_step}"
+            )
         if self.n_boot < 0:
             raise ValueError(f"n_boot must be >= 0, got {self.n_boot}")
         if self.spacing not in ("leading", "trailing", "linspace"):
@@ -107,7 +118,15 @@ def _model_info(model: GuidedModel) -> dict:
     return {**info, "latent_shape": list(model.latent_shape), "T": model.schedule.T}
 
 
-def _audit_prompt(model: GuidedModel, spec: PromptSpec, cfg: AuditConfig, ks: list[int], seeds: list[int], severity: Severity, out: Path) -> dict:
+def _audit_prompt(
+    model: GuidedModel,
+    spec: PromptSpec,
+    cfg: AuditConfig,
+    ks: list[int],
+    seeds: list[int],
+    severity: Severity,
+    out: Path,
+) -> dict:
     t0 = time.time()
     x = model.encode(spec.image[None].float())[0].double()
     path = out / "trajectories" / f"{spec.key}.safetensors" if cfg.save_trajectories else None
@@ -122,13 +141,20 @@ def _audit_prompt(model: GuidedModel, spec: PromptSpec, cfg: AuditConfig, ks: li
     mit = {"constant": {"severity": sev.tolist(), "fidelity": fid.tolist()}}
     if cfg.mitigation:
         tr = transition_steps(cfg.steps, cfg.mitigation_transition)
-        for sched, early in (("conditional_only", 1.0), ("no_early_guidance", cfg.mitigation_early_scale),
-                             ("negative_early_guidance", cfg.mitigation_negative_scale)):
+        for sched, early in (
+            ("conditional_only", 1.0),
+            ("no_early_guidance", cfg.mitigation_early_scale),
+            ("negative_early_guidance", cfg.mitigation_negative_scale),
+        ):
             scales = guidance_schedule(sched, cfg.guidance, cfg.steps, tr, early)
             px = model.decode(sample_final(model, spec.prompt, seeds, ks, scales).float())
             mit[sched] = {
                 "severity": np.asarray(severity(px, spec.image), dtype=np.float64).tolist(),
-                "fidelity": (np.asarray(fid_fn(spec.prompt, px), dtype=np.float64) if callable(fid_fn) else np.full(len(seeds), np.nan)).tolist(),
+                "fidelity": (
+                    np.asarray(fid_fn(spec.prompt, px), dtype=np.float64)
+                    if callable(fid_fn)
+                    else np.full(len(seeds), np.nan)
+                ).tolist(),
             }
     t_mit = time.time() - t0 - t_rec - t_an
     curves = stats.pop("curves")
@@ -153,8 +179,21 @@ def _label_summary(prompts: list[dict]) -> dict[str, dict]:
     for lab in labels:
         ps = [p for p in prompts if p["label"] == lab]
         row = {"prompts": len(ps)}
-        for name in ("overestimation_a", "seed_collapse", "convergence", "D1", "D2", "wen_first", "wen_mean",
-                     "loss_guided_mean", "loss_cond_mean", "final_distance", "severity", "copy_rate", "fidelity"):
+        for name in (
+            "overestimation_a",
+            "seed_collapse",
+            "convergence",
+            "D1",
+            "D2",
+            "wen_first",
+            "wen_mean",
+            "loss_guided_mean",
+            "loss_cond_mean",
+            "final_distance",
+            "severity",
+            "copy_rate",
+            "fidelity",
+        ):
             vals = np.array([p.get(name) if p.get(name) is not None else np.nan for p in ps], dtype=np.float64)
             row[name] = float(np.nanmean(vals)) if np.isfinite(vals).any() else None
         out[lab or "unlabelled"] = row
@@ -167,12 +206,21 @@ def _mean_curves(prompts: list[dict]) -> dict[str, dict[str, list]]:
         ps = [p for p in prompts if p["label"] == lab]
         if not ps:
             continue
-        out[lab or "unlabelled"] = {k: np.mean([p["curves"][k] for p in ps], axis=0).tolist() for k in ps[0]["curves"] if k != "k"}
+        out[lab or "unlabelled"] = {
+            k: np.mean([p["curves"][k] for p in ps], axis=0).tolist() for k in ps[0]["curves"] if k != "k"
+        }
         out[lab or "unlabelled"]["k"] = ps[0]["curves"]["k"]
     return out
 
 
-def run_audit(model: GuidedModel, specs: list[PromptSpec], cfg: AuditConfig, out: Path, severity: Optional[Severity] = None, progress: bool = True) -> dict:
+def run_audit(
+    model: GuidedModel,
+    specs: list[PromptSpec],
+    cfg: AuditConfig,
+    out: Path,
+    severity: Severity | None = None,
+    progress: bool = True,
+) -> dict:
     """Audit ``specs`` on ``model``; writes and returns ``audit.json``'s content (see the module doc).
 
     ``severity`` defaults to :class:`~diffmem.audit.severity.PixelCosine` (cosine of mean-centred
@@ -191,8 +239,11 @@ def run_audit(model: GuidedModel, specs: list[PromptSpec], cfg: AuditConfig, out
     out = Path(out)
     ks = model_timesteps(model, cfg.steps, cfg.spacing)
     seeds = prompt_seeds(cfg.seed, cfg.seeds)
-    claim_folder(out, _Claim(to_dict(cfg), _model_info(model), {"name": severity.name, "threshold": float(severity.threshold)}),
-                 name="audit_config.json")
+    claim_folder(
+        out,
+        _Claim(to_dict(cfg), _model_info(model), {"name": severity.name, "threshold": float(severity.threshold)}),
+        name="audit_config.json",
+    )
     (out / "prompts").mkdir(parents=True, exist_ok=True)
     prompts: list[dict] = []
     computed = 0
@@ -201,8 +252,10 @@ def run_audit(model: GuidedModel, specs: list[PromptSpec], cfg: AuditConfig, out
         if path.exists():
             rec = _io.read_json(path)
             if rec.get("prompt") != spec.prompt or rec.get("label") != spec.label:
-                raise ValueError(f"{path} holds prompt {rec.get('prompt')!r} (label {rec.get('label')!r}) but key {spec.key!r} now names "
-                                 f"{spec.prompt!r} (label {spec.label!r}); give prompts stable unique keys or use a new --out folder")
+                raise ValueError(
+                    f"{path} holds prompt {rec.get('prompt')!r} (label {rec.get('label')!r}) but key {spec.key!r} now names "
+                    f"{spec.prompt!r} (label {spec.label!r}); give prompts stable unique keys or use a new --out folder"
+                )
         else:
             rec = _io.jsonable(_audit_prompt(model, spec, cfg, ks, seeds, severity, out))  # as read back on resume
             _io.write_json(path, rec)
@@ -211,7 +264,16 @@ def run_audit(model: GuidedModel, specs: list[PromptSpec], cfg: AuditConfig, out
     return _aggregate(prompts, cfg, out, model, severity, ks, computed, t_start)
 
 
-def _aggregate(prompts: list[dict], cfg: AuditConfig, out: Path, model: GuidedModel, severity: Severity, ks: list[int], computed: int, t_start: float) -> dict:
+def _aggregate(
+    prompts: list[dict],
+    cfg: AuditConfig,
+    out: Path,
+    model: GuidedModel,
+    severity: Severity,
+    ks: list[int],
+    computed: int,
+    t_start: float,
+) -> dict:
     from .report import audit_figures, write_audit_html
 
     labels = [p["label"] for p in prompts]
@@ -256,4 +318,3 @@ def _aggregate(prompts: list[dict], cfg: AuditConfig, out: Path, model: GuidedMo
 def load_trajectory(out: str | Path, key: str) -> Trajectory:
     """The recorded trajectory of prompt ``key`` in an audit folder."""
     return Trajectory.load(Path(out) / "trajectories" / f"{key}.safetensors")
-

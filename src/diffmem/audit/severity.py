@@ -22,12 +22,16 @@ def match_to_reference(generated: torch.Tensor, reference: torch.Tensor) -> tupl
     g = torch.as_tensor(generated).detach().to(torch.float64).cpu()
     r = torch.as_tensor(reference).detach().to(torch.float64).cpu()
     if g.ndim != 4 or r.ndim != 3:
-        raise ValueError(f"severity needs generated images (N, C, H, W) and a reference (C, H, W), got {tuple(g.shape)} and {tuple(r.shape)}")
+        raise ValueError(
+            f"severity needs generated images (N, C, H, W) and a reference (C, H, W), got {tuple(g.shape)} and {tuple(r.shape)}"
+        )
     if g.shape[1] != r.shape[0]:
         g, r = g.mean(1, keepdim=True), r.mean(0, keepdim=True)
     if g.shape[-2:] != r.shape[-2:]:
         down = g.shape[-2] > r.shape[-2] or g.shape[-1] > r.shape[-1]
-        g = torch.nn.functional.interpolate(g, size=tuple(r.shape[-2:]), mode="bilinear", align_corners=False, antialias=down)
+        g = torch.nn.functional.interpolate(
+            g, size=tuple(r.shape[-2:]), mode="bilinear", align_corners=False, antialias=down
+        )
     return g, r
 
 

@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import torch
 
-__all__ = ["SSCDSeverity", "IMAGENET_MEAN", "IMAGENET_STD"]
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "SSCDSeverity"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -33,8 +32,14 @@ class SSCDSeverity:
 
     name = "sscd-cosine"
 
-    def __init__(self, path: str | Path, threshold: float = 0.75, size: Optional[int] = 320,
-                 device: str | torch.device = "cpu", batch_size: int = 16):
+    def __init__(
+        self,
+        path: str | Path,
+        threshold: float = 0.75,
+        size: int | None = 320,
+        device: str | torch.device = "cpu",
+        batch_size: int = 16,
+    ):
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(
@@ -49,7 +54,9 @@ class SSCDSeverity:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
         try:
             with warnings.catch_warnings():
-                warnings.simplefilter("ignore", DeprecationWarning)  # torch >= 2.10 deprecates TorchScript; SSCD ships it
+                warnings.simplefilter(
+                    "ignore", DeprecationWarning
+                )  # torch >= 2.10 deprecates TorchScript; SSCD ships it
                 model = torch.jit.load(str(path), map_location="cpu")
         except Exception as e:  # torch raises RuntimeError/ValueError/pickle errors for non-TorchScript files
             raise ValueError(
@@ -75,8 +82,9 @@ class SSCDSeverity:
             x = x.repeat(1, 3, 1, 1)
         if self.size is not None and tuple(x.shape[-2:]) != (self.size, self.size):
             shrink = x.shape[-2] > self.size or x.shape[-1] > self.size
-            x = torch.nn.functional.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False,
-                                                antialias=bool(shrink))
+            x = torch.nn.functional.interpolate(
+                x, size=(self.size, self.size), mode="bilinear", align_corners=False, antialias=bool(shrink)
+            )
         mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
         std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
         return (x - mean) / std
@@ -86,7 +94,7 @@ class SSCDSeverity:
         """L2-normalised descriptors (N, D) in float64 of images (N, C, H, W) in [0, 1]."""
         out = []
         for lo in range(0, images.shape[0], self.batch_size):
-            x = self.preprocess(images[lo:lo + self.batch_size]).to(self.device)
+            x = self.preprocess(images[lo : lo + self.batch_size]).to(self.device)
             d = self.model(x)
             if isinstance(d, (tuple, list)):
                 d = d[0]
@@ -107,5 +115,11 @@ class SSCDSeverity:
         return (g @ r[0]).numpy()
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "path": self.path, "threshold": self.threshold, "size": self.size,
-                "normalisation": {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}, "dim": self.dim}
+        return {
+            "name": self.name,
+            "path": self.path,
+            "threshold": self.threshold,
+            "size": self.size,
+            "normalisation": {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
+            "dim": self.dim,
+        }

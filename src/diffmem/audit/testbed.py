@@ -39,7 +39,6 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import torch
@@ -50,13 +49,33 @@ from ..models import ResidualMLP
 from ..schedule import Schedule
 from .protocol import PromptSpec
 
-__all__ = ["TestbedConfig", "TestbedModel", "build_testbed", "scaled_linear", "testbed_captions", "DigitClassifier"]
+__all__ = ["DigitClassifier", "TestbedConfig", "TestbedModel", "build_testbed", "scaled_linear", "testbed_captions"]
 
-_NAMES = ("amber", "birch", "cedar", "delta", "ember", "fjord", "grove", "heron", "iris", "jade",
-          "koala", "lotus", "maple", "nectar", "onyx", "pearl", "quartz", "raven", "sable", "tulip")
+_NAMES = (
+    "amber",
+    "birch",
+    "cedar",
+    "delta",
+    "ember",
+    "fjord",
+    "grove",
+    "heron",
+    "iris",
+    "jade",
+    "koala",
+    "lotus",
+    "maple",
+    "nectar",
+    "onyx",
+    "pearl",
+    "quartz",
+    "raven",
+    "sable",
+    "tulip",
+)
 
 
-def scaled_linear(T: int = 1000, beta_start: float = 0.00085, beta_end: float = 0.012) -> Schedule:  # noqa: N803
+def scaled_linear(T: int = 1000, beta_start: float = 0.00085, beta_end: float = 0.012) -> Schedule:
     """Stable Diffusion's schedule: betas linear in square-root space, ``linspace(sqrt(b0), sqrt(b1), T)**2``."""
     if int(T) != T or T < 2:
         raise ValueError(f"T must be an integer >= 2, got {T}")
@@ -80,7 +99,7 @@ class TestbedConfig:
     lr: float = 1e-3
     cond_dropout: float = 0.1
     scale: float = 2.0
-    T: int = 1000  # noqa: N815
+    T: int = 1000
     beta_start: float = 0.00085
     beta_end: float = 0.012
     resume_every: int = 500
@@ -88,17 +107,23 @@ class TestbedConfig:
 
     def validate(self) -> None:
         if not 1 <= self.n_memorized <= len(_NAMES) or not 0 <= self.n_partial <= len(_NAMES):
-            raise ValueError(f"n_memorized must be in [1, {len(_NAMES)}] and n_partial in [0, {len(_NAMES)}], "
-                             f"got {self.n_memorized}, {self.n_partial}")
+            raise ValueError(
+                f"n_memorized must be in [1, {len(_NAMES)}] and n_partial in [0, {len(_NAMES)}], "
+                f"got {self.n_memorized}, {self.n_partial}"
+            )
         if not 1 <= self.n_generic <= len(_NAMES):
             raise ValueError(f"n_generic must be in [1, {len(_NAMES)}], got {self.n_generic}")
         if self.partial_size < 2:
-            raise ValueError(f"partial_size must be >= 2 (a partial caption binds a few near images), got {self.partial_size}")
+            raise ValueError(
+                f"partial_size must be >= 2 (a partial caption binds a few near images), got {self.partial_size}"
+            )
         for name in ("width", "blocks", "steps", "batch_size", "resume_every"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
         if not 0 < self.cond_dropout < 1:
-            raise ValueError(f"cond_dropout must lie in (0, 1) (the unconditional branch needs training), got {self.cond_dropout}")
+            raise ValueError(
+                f"cond_dropout must lie in (0, 1) (the unconditional branch needs training), got {self.cond_dropout}"
+            )
         if not self.lr > 0 or not self.scale > 0:
             raise ValueError(f"lr and scale must be positive, got {self.lr}, {self.scale}")
 
@@ -144,7 +169,9 @@ def testbed_captions(cfg: TestbedConfig, labels: np.ndarray, pixels: np.ndarray)
         pool = tuple(sorted(int(j) for j in rest if labels[j] == d))
         caps.append(Caption(f"a handwritten {d}", "normal", d, pool))
     for i, grp in enumerate(np.array_split(rest, cfg.n_generic)):
-        caps.append(Caption(f"a handwritten digit from scanner {_NAMES[i]}", "normal", -1, tuple(sorted(int(j) for j in grp))))
+        caps.append(
+            Caption(f"a handwritten digit from scanner {_NAMES[i]}", "normal", -1, tuple(sorted(int(j) for j in grp)))
+        )
     return caps
 
 
@@ -176,19 +203,23 @@ class TestbedModel:
         self.mean = mean.to(torch.float32)
         self.latent_shape = (1, 8, 8)
         self.schedule = cfg.schedule()
-        self._classifier: Optional[DigitClassifier] = None
+        self._classifier: DigitClassifier | None = None
 
     # -- GuidedModel
     def caption_index(self, prompt: str) -> int:
         if prompt not in self.index:
-            raise ValueError(f"the testbed knows no caption {prompt!r}; use one of the prompts returned by build_testbed")
+            raise ValueError(
+                f"the testbed knows no caption {prompt!r}; use one of the prompts returned by build_testbed"
+            )
         return self.index[prompt]
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor, t: torch.Tensor, prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
         c = self.caption_index(prompt)
         s = x.shape[0]
-        cond = torch.cat([torch.full((s,), c, dtype=torch.long), torch.full((s,), len(self.captions), dtype=torch.long)])
+        cond = torch.cat(
+            [torch.full((s,), c, dtype=torch.long), torch.full((s,), len(self.captions), dtype=torch.long)]
+        )
         eps = self.net(torch.cat([x, x]).float(), torch.cat([t, t]).float(), cond).to(x.dtype)
         return eps[:s], eps[s:]
 
@@ -217,7 +248,9 @@ def _lr(cfg: TestbedConfig, step: int) -> float:
     return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * (step - 1) / cfg.steps))
 
 
-def _train(cfg: TestbedConfig, folder: Path, net: ResidualMLP, caps: list[Caption], x_all: torch.Tensor, progress: bool) -> None:
+def _train(
+    cfg: TestbedConfig, folder: Path, net: ResidualMLP, caps: list[Caption], x_all: torch.Tensor, progress: bool
+) -> None:
     from tqdm.auto import tqdm
 
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
@@ -275,7 +308,9 @@ def _train(cfg: TestbedConfig, folder: Path, net: ResidualMLP, caps: list[Captio
     net.eval()
 
 
-def build_testbed(out_dir: str | Path, seed: int = 0, progress: bool = True, config: Optional[TestbedConfig] = None) -> tuple[TestbedModel, list[PromptSpec]]:
+def build_testbed(
+    out_dir: str | Path, seed: int = 0, progress: bool = True, config: TestbedConfig | None = None
+) -> tuple[TestbedModel, list[PromptSpec]]:
     """Train the testbed in ``out_dir`` (or reuse/resume the one there) and return it with its prompts.
 
     Files: ``testbed.json`` (the configuration), ``state.safetensors`` (training state for resume),

@@ -21,7 +21,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-__all__ = ["Images", "Split", "digits", "from_npz", "from_folder", "load", "split", "default_n_test"]
+__all__ = ["Images", "Split", "default_n_test", "digits", "from_folder", "from_npz", "load", "split"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
@@ -92,16 +92,16 @@ def _to_nchw(arr: np.ndarray, name: str) -> torch.Tensor:
     elif x.ndim == 4 and x.shape[-1] in (1, 3) and x.shape[1] not in (1, 3):  # (N, H, W, C)
         x = np.moveaxis(x, -1, 1)
     elif x.ndim != 4:
-        raise ValueError(
-            f"{name}: expected images of shape (N, H, W), (N, H, W, C) or (N, C, H, W), got {arr.shape}"
-        )
+        raise ValueError(f"{name}: expected images of shape (N, H, W), (N, H, W, C) or (N, C, H, W), got {arr.shape}")
     finite = np.isfinite(x)
     if finite.all() and (x.min() < -1e-6 or x.max() > 1 + 1e-6):
-        raise ValueError(f"{name}: float pixels must lie in [0, 1] (or pass uint8 in 0..255); got [{x.min()}, {x.max()}]")
+        raise ValueError(
+            f"{name}: float pixels must lie in [0, 1] (or pass uint8 in 0..255); got [{x.min()}, {x.max()}]"
+        )
     return torch.from_numpy(np.ascontiguousarray(x))
 
 
-def from_npz(path: str | Path, key: Optional[str] = None) -> Images:
+def from_npz(path: str | Path, key: str | None = None) -> Images:
     """Images from a ``.npz`` file (loaded with ``allow_pickle=False``).
 
     ``key`` names the array; by default the file must hold exactly one array (or one named
@@ -153,7 +153,7 @@ def _load_image(p: Path, size: int, grayscale: bool) -> np.ndarray:
     return a[None] if grayscale else np.moveaxis(a, -1, 0)
 
 
-def from_folder(path: str | Path, size: int = 32, grayscale: bool = True, limit: Optional[int] = None) -> Images:
+def from_folder(path: str | Path, size: int = 32, grayscale: bool = True, limit: int | None = None) -> Images:
     """Images from a folder (sorted by file name), with the paper's CelebA preprocessing.
 
     Each image is resized so that its shorter side is ``size``, centre-cropped to ``size x size``,
@@ -170,7 +170,7 @@ def from_folder(path: str | Path, size: int = 32, grayscale: bool = True, limit:
     return Images(torch.from_numpy(x), path.name)
 
 
-def load(source: str = "digits", *, key: Optional[str] = None, size: int = 32, grayscale: bool = True) -> Images:
+def load(source: str = "digits", *, key: str | None = None, size: int = 32, grayscale: bool = True) -> Images:
     """``"digits"``, a ``.npz`` file or an image folder."""
     if source == "digits":
         return digits()
@@ -192,14 +192,14 @@ def split(
     n: int,
     *,
     subset_index: int = 0,
-    n_test: Optional[int] = None,
+    n_test: int | None = None,
     scale: float = 1.0,
     split_seed: int = 0,
 ) -> Split:
     """Deterministic split: a seeded permutation of the images; its first ``n_test`` are the test
     set, the rest the training pool; subset ``i`` is pool[i*n:(i+1)*n], so different
     ``subset_index`` values give disjoint training sets."""
-    N = len(images)  # noqa: N806
+    N = len(images)
     n_test = default_n_test(N) if n_test is None else int(n_test)
     if not 1 <= n_test < N:
         raise ValueError(f"n_test must be in [1, {N - 1}] for {N} images, got {n_test}")

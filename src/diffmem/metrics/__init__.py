@@ -2,18 +2,24 @@
 
 from .frechet import FrechetDistance, feature_space, frechet, frechet_distance
 from .losses import eps_loss, loss_at_time
-from .memorization import MemorizationFraction, MemorizationResult, bootstrap_mean_ci, memorization_fraction, nearest_two
+from .memorization import (
+    MemorizationFraction,
+    MemorizationResult,
+    bootstrap_mean_ci,
+    memorization_fraction,
+    nearest_two,
+)
 
 __all__ = [
     "FrechetDistance",
-    "feature_space",
-    "frechet",
-    "frechet_distance",
     "MemorizationFraction",
     "MemorizationResult",
     "bootstrap_mean_ci",
+    "eps_loss",
+    "feature_space",
+    "frechet",
+    "frechet_distance",
+    "loss_at_time",
     "memorization_fraction",
     "nearest_two",
-    "eps_loss",
-    "loss_at_time",
 ]

@@ -23,26 +23,27 @@ Feature spaces (every quality number in diffmem names its space, e.g. ``frechet[
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Protocol, Sequence, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
 from torch import nn
 
 __all__ = [
-    "FeatureSpace",
-    "PixelFeatures",
-    "DigitsFeatures",
-    "TorchScriptFeatures",
     "DigitsCNN",
-    "feature_space",
-    "gaussian_stats",
-    "frechet_distance",
-    "frechet",
+    "DigitsFeatures",
+    "FeatureSpace",
     "FrechetDistance",
+    "PixelFeatures",
+    "TorchScriptFeatures",
+    "feature_space",
+    "frechet",
+    "frechet_distance",
+    "gaussian_stats",
 ]
 
 
@@ -127,8 +128,10 @@ class DigitsFeatures:
     def __call__(self, pixels: torch.Tensor) -> np.ndarray:
         pixels = _check_pixels(pixels)
         if tuple(pixels.shape[1:]) != (1, 8, 8):
-            raise ValueError(f"the digits feature space takes (N, 1, 8, 8) images, got {tuple(pixels.shape)}; use features='pixels' "
-                             "or a TorchScript feature network for other data")
+            raise ValueError(
+                f"the digits feature space takes (N, 1, 8, 8) images, got {tuple(pixels.shape)}; use features='pixels' "
+                "or a TorchScript feature network for other data"
+            )
         with torch.no_grad():
             return torch.cat([self.net.features(c) for c in pixels.split(2048)]).double().numpy()
 
@@ -139,13 +142,17 @@ class TorchScriptFeatures:
     def __init__(self, path: str | Path):
         path = Path(path)
         if not path.is_file():
-            raise FileNotFoundError(f"feature network {path} does not exist; give a TorchScript file saved with torch.jit.save")
+            raise FileNotFoundError(
+                f"feature network {path} does not exist; give a TorchScript file saved with torch.jit.save"
+            )
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", DeprecationWarning)  # torch >= 2.9 nudges towards torch.export
                 self.net = torch.jit.load(str(path), map_location="cpu").eval()
-        except Exception as e:  # noqa: BLE001 - torch raises many types here
-            raise ValueError(f"{path} is not a TorchScript file ({type(e).__name__}: {e}); export your network with torch.jit.save") from e
+        except Exception as e:
+            raise ValueError(
+                f"{path} is not a TorchScript file ({type(e).__name__}: {e}); export your network with torch.jit.save"
+            ) from e
         self.name = f"torchscript:{path.name}"
 
     def __call__(self, pixels: torch.Tensor) -> np.ndarray:
@@ -172,13 +179,17 @@ def feature_space(spec: str | FeatureSpace, image_shape: Sequence[int]) -> Featu
         return DigitsFeatures() if shape == (1, 8, 8) else PixelFeatures()
     if spec == "digits":
         if shape != (1, 8, 8):
-            raise ValueError(f"features='digits' needs (1, 8, 8) images, the data have {shape}; use 'pixels' or a TorchScript path")
+            raise ValueError(
+                f"features='digits' needs (1, 8, 8) images, the data have {shape}; use 'pixels' or a TorchScript path"
+            )
         return DigitsFeatures()
     if spec == "pixels":
         return PixelFeatures()
     if spec.endswith((".pt", ".pth", ".ts", ".torchscript")) or Path(spec).exists():
         return TorchScriptFeatures(spec)
-    raise ValueError(f"unknown feature space {spec!r}: choose 'auto', 'digits', 'pixels' or the path of a TorchScript file")
+    raise ValueError(
+        f"unknown feature space {spec!r}: choose 'auto', 'digits', 'pixels' or the path of a TorchScript file"
+    )
 
 
 def gaussian_stats(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -212,7 +223,9 @@ def frechet(fake: torch.Tensor, real: torch.Tensor, space: FeatureSpace | str = 
     fake = _check_pixels(fake, "generated images")
     real = _check_pixels(real, "reference images")
     if fake.shape[1:] != real.shape[1:]:
-        raise ValueError(f"generated images {tuple(fake.shape[1:])} and reference images {tuple(real.shape[1:])} differ in shape")
+        raise ValueError(
+            f"generated images {tuple(fake.shape[1:])} and reference images {tuple(real.shape[1:])} differ in shape"
+        )
     if isinstance(space, str):
         space = feature_space(space, fake.shape[1:])
     return frechet_distance(*gaussian_stats(space(fake)), *gaussian_stats(space(real)))

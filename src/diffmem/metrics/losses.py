@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
 from ..schedule import Schedule, noise
 
-__all__ = ["loss_at_time", "eps_loss"]
+__all__ = ["eps_loss", "loss_at_time"]
 
 
 def eps_loss(model: Callable, x0: torch.Tensor, k: torch.Tensor, eps: torch.Tensor, schedule: Schedule) -> torch.Tensor:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-__all__ = ["MemorizationResult", "nearest_two", "memorization_fraction", "bootstrap_mean_ci", "MemorizationFraction"]
+__all__ = ["MemorizationFraction", "MemorizationResult", "bootstrap_mean_ci", "memorization_fraction", "nearest_two"]
 
 
 @dataclass(frozen=True)
@@ -55,7 +55,9 @@ def nearest_two(samples, train, chunk: int = 4096) -> tuple[np.ndarray, np.ndarr
     return torch.cat(d1).numpy(), torch.cat(d2).numpy(), torch.cat(idx).numpy()
 
 
-def bootstrap_mean_ci(values: np.ndarray, n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> tuple[float, float]:
+def bootstrap_mean_ci(
+    values: np.ndarray, n_boot: int = 1000, level: float = 0.95, seed: int = 0
+) -> tuple[float, float]:
     """Percentile bootstrap interval of the mean of ``values`` (resampling rows with replacement)."""
     v = np.asarray(values, dtype=np.float64)
     if v.size == 0:
@@ -67,7 +69,9 @@ def bootstrap_mean_ci(values: np.ndarray, n_boot: int = 1000, level: float = 0.9
     return float(lo), float(hi)
 
 
-def memorization_fraction(samples, train, k: float = 1 / 3, *, n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> MemorizationResult:
+def memorization_fraction(
+    samples, train, k: float = 1 / 3, *, n_boot: int = 1000, level: float = 0.95, seed: int = 0
+) -> MemorizationResult:
     """Fraction of ``samples`` whose nearest/second-nearest distance ratio to ``train`` is below ``k``."""
     if not 0 < k < 1:
         raise ValueError(f"k must lie in (0, 1) (the paper uses 1/3), got {k}")
@@ -99,4 +103,6 @@ class MemorizationFraction:
             raise ValueError("no samples: call update() first")
         r = np.concatenate(self._ratios)
         mem = (r < self.k).astype(np.float64)
-        return MemorizationResult(float(mem.mean()), bootstrap_mean_ci(mem, self.n_boot, seed=self.seed), r, np.array([]), self.k)
+        return MemorizationResult(
+            float(mem.mean()), bootstrap_mean_ci(mem, self.n_boot, seed=self.seed), r, np.array([]), self.k
+        )

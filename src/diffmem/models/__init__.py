@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from torch import nn
 
 from .mlp import ResidualMLP, mlp_param_count, sinusoidal
 from .unet import UNet, unet_param_count  # noqa: F401
 
-__all__ = ["ResidualMLP", "mlp_param_count", "sinusoidal", "build", "MODELS"]
+__all__ = ["MODELS", "ResidualMLP", "build", "mlp_param_count", "sinusoidal"]
 
 MODELS = ("mlp", "unet")
 

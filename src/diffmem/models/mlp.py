@@ -11,12 +11,12 @@ Optionally conditional: ``num_classes`` adds a learned embedding of the conditio
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
 
-__all__ = ["ResidualMLP", "sinusoidal", "mlp_param_count"]
+__all__ = ["ResidualMLP", "mlp_param_count", "sinusoidal"]
 
 
 def sinusoidal(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
@@ -49,7 +49,7 @@ class _Block(nn.Module):
 class ResidualMLP(nn.Module):
     """eps-prediction network on inputs of any shape ``(B, *shape)`` (flattened internally)."""
 
-    def __init__(self, shape: Sequence[int], width: int = 256, blocks: int = 3, num_classes: Optional[int] = None):
+    def __init__(self, shape: Sequence[int], width: int = 256, blocks: int = 3, num_classes: int | None = None):
         super().__init__()
         if width < 2 or blocks < 1:
             raise ValueError(f"width must be >= 2 and blocks >= 1, got width={width}, blocks={blocks}")
@@ -62,7 +62,7 @@ class ResidualMLP(nn.Module):
         self.out = nn.Linear(width, self.d)
         self.cond = nn.Embedding(num_classes + 1, width) if num_classes else None
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
         b = x.shape[0]
         e = sinusoidal(t.reshape(-1).expand(b) if t.numel() == 1 else t, self.width).to(x.dtype)
         if self.cond is not None:

@@ -46,7 +46,7 @@ exactly); steps in ``(T-1, T)`` read the last row.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -133,14 +133,16 @@ class UNet(nn.Module):
         num_res_blocks: int = 2,
         heads: int = 4,
         dropout: float = 0.1,
-        T: int = 1000,  # noqa: N803
+        T: int = 1000,
     ) -> None:
         super().__init__()
         width, in_channels = int(width), int(in_channels)
         mults = tuple(int(m) for m in channel_mults)
         attn = tuple(bool(a) for a in attention)
         if width < GROUPS or width % GROUPS:
-            raise ValueError(f"width must be a positive multiple of {GROUPS} (GroupNorm with {GROUPS} groups), got {width}; try {max(GROUPS, width - width % GROUPS)}")
+            raise ValueError(
+                f"width must be a positive multiple of {GROUPS} (GroupNorm with {GROUPS} groups), got {width}; try {max(GROUPS, width - width % GROUPS)}"
+            )
         if in_channels < 1:
             raise ValueError(f"in_channels must be >= 1, got {in_channels}")
         if not mults or any(m < 1 for m in mults):
@@ -194,7 +196,9 @@ class UNet(nn.Module):
             raise ValueError(f"t must have shape ({batch},) or hold a single value, got shape {tuple(t.shape)}")
         t = t.to(torch.float64)
         if not bool(((t >= 0) & (t < self.T)).all()):
-            raise ValueError(f"t must hold diffusion step indices in [0, {self.T}), got values in [{float(t.min())}, {float(t.max())}]")
+            raise ValueError(
+                f"t must hold diffusion step indices in [0, {self.T}), got values in [{float(t.min())}, {float(t.max())}]"
+            )
         lo = t.floor().clamp(max=self.T - 1)
         hi = (lo + 1).clamp(max=self.T - 1)
         frac = (t - lo).clamp(max=1.0).to(self.time_table.dtype)[:, None]

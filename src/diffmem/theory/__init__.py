@@ -15,11 +15,30 @@ import importlib
 
 _WHERE = {
     "constants": ["RFConstants", "rf_constants"],
-    "dynamics": ["LossCurves", "closed_form_losses", "default_taus", "eigensystem_dense", "eigensystem_gaussian_equivalent", "exact_curves",
-                 "first_bulk_edge", "fit_power_law", "gaussian_equivalent_curves", "predicted_times", "simulate_gd"],
+    "dynamics": [
+        "LossCurves",
+        "closed_form_losses",
+        "default_taus",
+        "eigensystem_dense",
+        "eigensystem_gaussian_equivalent",
+        "exact_curves",
+        "first_bulk_edge",
+        "fit_power_law",
+        "gaussian_equivalent_curves",
+        "predicted_times",
+        "simulate_gd",
+    ],
     "phase": ["PhaseDiagram", "phase_diagram"],
-    "simulation": ["RFProblem", "eigenvalue_histogram", "exact_matrices", "gaussian_equivalent", "ge_eigenvalues", "make_problem", "mc_matrices",
-                   "population_matrices"],
+    "simulation": [
+        "RFProblem",
+        "eigenvalue_histogram",
+        "exact_matrices",
+        "gaussian_equivalent",
+        "ge_eigenvalues",
+        "make_problem",
+        "mc_matrices",
+        "population_matrices",
+    ],
     "spectrum": ["SpectrumResult", "asymptotic_spectrum", "spectral_density"],
 }
 _NAME_TO_MODULE = {name: mod for mod, names in _WHERE.items() for name in names}

@@ -17,12 +17,13 @@ quadrature (nested for the two-dimensional one); ``relu`` and ``linear`` use the
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Callable, Union
+from typing import Union
 
 import numpy as np
 
-__all__ = ["RFConstants", "rf_constants", "resolve_activation", "gauss_hermite", "gaussian_expectation", "ACTIVATIONS"]
+__all__ = ["ACTIVATIONS", "RFConstants", "gauss_hermite", "gaussian_expectation", "resolve_activation", "rf_constants"]
 
 Activation = Union[str, Callable[[np.ndarray], np.ndarray]]
 
@@ -44,7 +45,9 @@ def resolve_activation(activation: Activation) -> tuple[str, Callable[[np.ndarra
         return getattr(activation, "__name__", "custom"), activation
     if isinstance(activation, str) and activation.lower() in ACTIVATIONS:
         return activation.lower(), ACTIVATIONS[activation.lower()]
-    raise ValueError(f"unknown activation {activation!r}; use one of {sorted(ACTIVATIONS)} or pass a vectorised numpy callable")
+    raise ValueError(
+        f"unknown activation {activation!r}; use one of {sorted(ACTIVATIONS)} or pass a vectorised numpy callable"
+    )
 
 
 _GH_CACHE: dict[int, tuple[np.ndarray, np.ndarray]] = {}
@@ -89,7 +92,9 @@ class RFConstants:
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        d.update(alpha=self.alpha, delta_t=self.delta, gamma_t=self.gamma, a_t=self.a, b_t=self.b, v_t2=self.v2, s_t2=self.s2)
+        d.update(
+            alpha=self.alpha, delta_t=self.delta, gamma_t=self.gamma, a_t=self.a, b_t=self.b, v_t2=self.v2, s_t2=self.s2
+        )
         return d
 
 
@@ -97,7 +102,9 @@ def _check_t_sigma(t: float, sigma_x: float) -> None:
     if not (isinstance(t, (int, float, np.floating)) and math.isfinite(t) and t > 0):
         raise ValueError(f"diffusion time t must be a finite number > 0 (got {t!r}); e.g. t=0.01 or t=0.1")
     if not (math.isfinite(sigma_x) and sigma_x > 0):
-        raise ValueError(f"sigma_x must be a finite number > 0 (got {sigma_x!r}); it is sqrt(Tr Sigma / d), 1 for whitened data")
+        raise ValueError(
+            f"sigma_x must be a finite number > 0 (got {sigma_x!r}); it is sqrt(Tr Sigma / d), 1 for whitened data"
+        )
 
 
 def rf_constants(t: float, sigma_x: float = 1.0, activation: Activation = "tanh", n_quad: int = 160) -> RFConstants:
@@ -139,4 +146,16 @@ def rf_constants(t: float, sigma_x: float = 1.0, activation: Activation = "tanh"
     b = math.sqrt(delta) * a
     v2 = cross - a**2 * c2
     s2 = m2 - a**2 * c2 - v2 - b**2
-    return RFConstants(t=t, sigma_x=sigma_x, activation=name, delta=delta, gamma=gamma, a=a, b=b, v2=v2, s2=s2, mean=mean, second_moment=m2)
+    return RFConstants(
+        t=t,
+        sigma_x=sigma_x,
+        activation=name,
+        delta=delta,
+        gamma=gamma,
+        a=a,
+        b=b,
+        v2=v2,
+        s2=s2,
+        mean=mean,
+        second_moment=m2,
+    )

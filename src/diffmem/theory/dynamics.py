@@ -18,16 +18,28 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Sequence
 
 import numpy as np
 
 from .constants import RFConstants, resolve_activation
 from .simulation import RFProblem, as_generator, exact_matrices, gaussian_equivalent, population_matrices
 
-__all__ = ["LossCurves", "closed_form_losses", "EigenSystem", "eigensystem_dense", "eigensystem_gaussian_equivalent", "gaussian_equivalent_curves",
-           "exact_curves", "simulate_gd", "predicted_times", "quadratic_losses", "fit_power_law", "default_taus"]
+__all__ = [
+    "EigenSystem",
+    "LossCurves",
+    "closed_form_losses",
+    "default_taus",
+    "eigensystem_dense",
+    "eigensystem_gaussian_equivalent",
+    "exact_curves",
+    "fit_power_law",
+    "gaussian_equivalent_curves",
+    "predicted_times",
+    "quadratic_losses",
+    "simulate_gd",
+]
 
 
 @dataclass
@@ -45,8 +57,14 @@ class LossCurves:
         return self.L_test - self.L_train
 
     def to_dict(self) -> dict:
-        return {"tau": self.tau.tolist(), "L_train": self.L_train.tolist(), "L_test": self.L_test.tolist(), "L_gen": self.L_gen.tolist(),
-                "E_score": self.E_score.tolist(), **self.meta}
+        return {
+            "tau": self.tau.tolist(),
+            "L_train": self.L_train.tolist(),
+            "L_test": self.L_test.tolist(),
+            "L_gen": self.L_gen.tolist(),
+            "E_score": self.E_score.tolist(),
+            **self.meta,
+        }
 
 
 @dataclass
@@ -78,7 +96,9 @@ def closed_form_losses(es: EigenSystem, taus: Sequence[float], chunk: int = 64) 
     taus = _check_taus(taus)
     lam = np.asarray(es.lam, dtype=np.float64)
     if np.any(lam <= 0):
-        raise ValueError("U must be positive definite (an eigenvalue <= 0 was found); s_t^2 > 0 needs a non-linear activation and t > 0")
+        raise ValueError(
+            "U must be positive definite (an eigenvalue <= 0 was found); s_t^2 > 0 needs a non-linear activation and t > 0"
+        )
     psi_p = es.p / es.d
     g = np.sum(es.P**2, axis=1)
     K = es.Q * (es.P @ es.P.T)
@@ -86,23 +106,36 @@ def closed_form_losses(es: EigenSystem, taus: Sequence[float], chunk: int = 64) 
     Ltr = np.empty(taus.size)
     Lte = np.empty(taus.size)
     for s in range(0, taus.size, chunk):
-        tt = taus[s:s + chunk]
+        tt = taus[s : s + chunk]
         rate = (2.0 * es.delta / psi_p) * lam[:, None] * tt[None, :]
         f = -np.expm1(-rate)  # 1 - e^{-rate}
         h = f / lam[:, None]
-        Ltr[s:s + chunk] = 1.0 - (g / lam) @ (-np.expm1(-2.0 * rate)) / es.d
-        Lte[s:s + chunk] = 1.0 + np.sum(h * (K @ h), axis=0) / es.d - 2.0 * (m @ h) / es.d
+        Ltr[s : s + chunk] = 1.0 - (g / lam) @ (-np.expm1(-2.0 * rate)) / es.d
+        Lte[s : s + chunk] = 1.0 + np.sum(h * (K @ h), axis=0) / es.d - 2.0 * (m @ h) / es.d
     Esc = (Lte - 1.0) / es.delta + es.trace_inv_sigma_t
     return LossCurves(taus, Ltr, Lte, Esc)
 
 
-def eigensystem_dense(U: np.ndarray, V: np.ndarray, U_pop: np.ndarray, V_pop: np.ndarray, delta: float, gamma2: float) -> EigenSystem:
+def eigensystem_dense(
+    U: np.ndarray, V: np.ndarray, U_pop: np.ndarray, V_pop: np.ndarray, delta: float, gamma2: float
+) -> EigenSystem:
     """Eigen-decompose a dense U (p x p): O(p^3)."""
     lam, O = np.linalg.eigh(U)
-    return EigenSystem(lam=lam, P=O.T @ V, Q=O.T @ U_pop @ O, R=O.T @ V_pop, d=V.shape[1], p=U.shape[0], delta=delta, trace_inv_sigma_t=1.0 / gamma2)
+    return EigenSystem(
+        lam=lam,
+        P=O.T @ V,
+        Q=O.T @ U_pop @ O,
+        R=O.T @ V_pop,
+        d=V.shape[1],
+        p=U.shape[0],
+        delta=delta,
+        trace_inv_sigma_t=1.0 / gamma2,
+    )
 
 
-def eigensystem_gaussian_equivalent(problem: RFProblem, constants: Optional[RFConstants] = None, seed=None) -> EigenSystem:
+def eigensystem_gaussian_equivalent(
+    problem: RFProblem, constants: RFConstants | None = None, seed=None
+) -> EigenSystem:
     """Gaussian-equivalent train U = s2 I + Z Z^T (low rank), population U_pop = (alpha sigma_x^2 + b^2) W W^T/d + (v^2 + s^2) I,
     V = V_pop = b W / sqrt d. Only the n + d directions spanned by Z matter (V lies in that span): O(p (n+d)^2)."""
     c = constants or problem.constants()
@@ -114,10 +147,14 @@ def eigensystem_gaussian_equivalent(problem: RFProblem, constants: Optional[RFCo
     OW = O.T @ problem.W / math.sqrt(d)
     Q = (c.alpha * c.sigma_x**2 + c.b**2) * (OW @ OW.T)
     Q[np.diag_indices(Q.shape[0])] += c.v2 + c.s2
-    return EigenSystem(lam=lam, P=P, Q=Q, R=P.copy(), d=d, p=problem.p, delta=c.delta, trace_inv_sigma_t=1.0 / c.gamma**2)
+    return EigenSystem(
+        lam=lam, P=P, Q=Q, R=P.copy(), d=d, p=problem.p, delta=c.delta, trace_inv_sigma_t=1.0 / c.gamma**2
+    )
 
 
-def gaussian_equivalent_curves(problem: RFProblem, taus, constants: Optional[RFConstants] = None, seed=None) -> LossCurves:
+def gaussian_equivalent_curves(
+    problem: RFProblem, taus, constants: RFConstants | None = None, seed=None
+) -> LossCurves:
     """Closed-form curves for the Gaussian-equivalent model of this draw (fast: no p x p matrix)."""
     c = constants or problem.constants()
     t0 = time.perf_counter()
@@ -126,7 +163,7 @@ def gaussian_equivalent_curves(problem: RFProblem, taus, constants: Optional[RFC
     return curves
 
 
-def exact_curves(problem: RFProblem, taus, order: int = 3, matrices: Optional[tuple] = None) -> LossCurves:
+def exact_curves(problem: RFProblem, taus, order: int = 3, matrices: tuple | None = None) -> LossCurves:
     """Closed-form curves with the exact U, V of this draw (noise expectation analytic) and the exact
     population U, V for Gaussian data: O(p^3), for p up to a few thousand. ``matrices`` as in :func:`simulate_gd`."""
     t0 = time.perf_counter()
@@ -143,12 +180,24 @@ def exact_curves(problem: RFProblem, taus, order: int = 3, matrices: Optional[tu
 def quadratic_losses(A: np.ndarray, U: np.ndarray, V: np.ndarray, delta: float) -> float:
     """L(A) = 1 + (Delta/(d p)) Tr(A U A^T) + (2 sqrt(Delta)/(d sqrt p)) Tr(A V)."""
     d, p = A.shape
-    return float(1.0 + delta / (d * p) * np.sum((A @ U) * A) + 2.0 * math.sqrt(delta) / (d * math.sqrt(p)) * np.sum(A * V.T))
+    return float(
+        1.0 + delta / (d * p) * np.sum((A @ U) * A) + 2.0 * math.sqrt(delta) / (d * math.sqrt(p)) * np.sum(A * V.T)
+    )
 
 
-def simulate_gd(problem: RFProblem, taus: Sequence[float], *, dtau: Optional[float] = None, seed=None, dtype=np.float64,
-                evaluate: str = "exact", order: int = 3, progress: Optional[Callable[[int, int], None]] = None,
-                lam_max: Optional[float] = None, matrices: Optional[tuple] = None) -> LossCurves:
+def simulate_gd(
+    problem: RFProblem,
+    taus: Sequence[float],
+    *,
+    dtau: float | None = None,
+    seed=None,
+    dtype=np.float64,
+    evaluate: str = "exact",
+    order: int = 3,
+    progress: Callable[[int, int], None] | None = None,
+    lam_max: float | None = None,
+    matrices: tuple | None = None,
+) -> LossCurves:
     """Full-batch gradient descent on A from 0, with a fresh noise draw for every training point at every step
     (like the paper's numerics), for the actual activation. The step is eta = dtau d^2 (default: 25% of the
     stability limit psi_p / (Delta lam_max)); steps run until the last of ``taus`` and the iterate is recorded at
@@ -210,8 +259,20 @@ def simulate_gd(problem: RFProblem, taus: Sequence[float], *, dtau: Optional[flo
     Ltr = np.array([quadratic_losses(out_A[k], U, V, delta) for k in rec_steps])
     Lte = np.array([quadratic_losses(out_A[k], pop["U"], pop["V"], delta) for k in rec_steps])
     Esc = (Lte - 1.0) / delta + 1.0 / pop["gamma2"]
-    return LossCurves(rec_steps * dtau, Ltr, Lte, Esc, meta={"method": "gd", "dtau": dtau, "eta": eta, "n_steps": n_steps, "seconds": sim_s,
-                                                            "evaluation": "exact U, V (train) and exact Gaussian-data population"})
+    return LossCurves(
+        rec_steps * dtau,
+        Ltr,
+        Lte,
+        Esc,
+        meta={
+            "method": "gd",
+            "dtau": dtau,
+            "eta": eta,
+            "n_steps": n_steps,
+            "seconds": sim_s,
+            "evaluation": "exact U, V (train) and exact Gaussian-data population",
+        },
+    )
 
 
 def _power_lmax(U: np.ndarray, iters: int = 200) -> float:
@@ -229,8 +290,13 @@ def predicted_times(constants: RFConstants, psi_p: float, psi_n: float, spectrum
     c = constants
     asym = asymptotic_spectrum(c, psi_p, psi_n)
     lam_min = asym["lambda_min"]
-    out = {"tau_gen": 1.0 / c.delta, "lambda_min": lam_min, "tau_mem": psi_p / (c.delta * lam_min), "n_star_psi_n": psi_p,
-           "tau_gen_second_bulk": psi_p / (c.delta * asym["second_bulk"]["scale"])}
+    out = {
+        "tau_gen": 1.0 / c.delta,
+        "lambda_min": lam_min,
+        "tau_mem": psi_p / (c.delta * lam_min),
+        "n_star_psi_n": psi_p,
+        "tau_gen_second_bulk": psi_p / (c.delta * asym["second_bulk"]["scale"]),
+    }
     out["ratio"] = out["tau_mem"] / out["tau_gen"]
     # above the architectural threshold n* = p the first bulk no longer separates from the population part:
     # training to convergence does not memorise
@@ -242,7 +308,7 @@ def predicted_times(constants: RFConstants, psi_p: float, psi_n: float, spectrum
     return out
 
 
-def first_bulk_edge(spectrum) -> Optional[float]:
+def first_bulk_edge(spectrum) -> float | None:
     """Left edge of the bulk that holds most of the weight below the second bulk (the n-specific bulk).
 
     At finite psi_n the equations also give a small bulk of weight ~1/psi_p just above s_t^2 (d directions);
@@ -251,7 +317,9 @@ def first_bulk_edge(spectrum) -> Optional[float]:
     if not spectrum.edges:
         return None
     cdf = spectrum.cdf()
-    masses = [float(np.interp(hi, spectrum.lambdas, cdf) - np.interp(lo, spectrum.lambdas, cdf)) for lo, hi in spectrum.edges]
+    masses = [
+        float(np.interp(hi, spectrum.lambdas, cdf) - np.interp(lo, spectrum.lambdas, cdf)) for lo, hi in spectrum.edges
+    ]
     cands = list(range(len(spectrum.edges) - 1)) or [0]  # all but the top (second) bulk
     best = max(cands, key=lambda i: masses[i])
     return spectrum.edges[best][0]
@@ -267,7 +335,11 @@ def fit_power_law(x: Sequence[float], y: Sequence[float]) -> dict:
     (k, b), *_ = np.linalg.lstsq(A, y, rcond=None)
     pred = A @ np.array([k, b])
     ss = np.sum((y - y.mean()) ** 2)
-    return {"exponent": float(k), "prefactor": float(math.exp(b)), "r2": float(1 - np.sum((y - pred) ** 2) / ss) if ss > 0 else 1.0}
+    return {
+        "exponent": float(k),
+        "prefactor": float(math.exp(b)),
+        "r2": float(1 - np.sum((y - pred) ** 2) / ss) if ss > 0 else 1.0,
+    }
 
 
 def default_taus(tau_mem: float, n: int = 60, lo: float = 1e-3, hi: float = 30.0) -> np.ndarray:

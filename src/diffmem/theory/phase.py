@@ -9,8 +9,8 @@ tau = inf it approaches the architectural threshold n* = p (psi_n = psi_p).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence
 
 import numpy as np
 
@@ -18,7 +18,7 @@ from .constants import rf_constants
 from .dynamics import gaussian_equivalent_curves
 from .simulation import as_generator, make_problem
 
-__all__ = ["PhaseDiagram", "phase_diagram", "boundary"]
+__all__ = ["PhaseDiagram", "boundary", "phase_diagram"]
 
 
 @dataclass
@@ -37,9 +37,18 @@ class PhaseDiagram:
         return boundary(self.psi_n, self.L_gen, self.threshold)
 
     def to_dict(self) -> dict:
-        return {"psi_n": self.psi_n.tolist(), "psi_p": self.psi_p.tolist(), "tau": [float(t) if math.isfinite(t) else "inf" for t in self.taus],
-                "L_gen": self.L_gen.tolist(), "L_train": self.L_train.tolist(), "L_test": self.L_test.tolist(), "threshold": self.threshold,
-                "boundary_psi_n": self.boundary().tolist(), "n_star_psi_n": self.psi_p.tolist(), **self.meta}
+        return {
+            "psi_n": self.psi_n.tolist(),
+            "psi_p": self.psi_p.tolist(),
+            "tau": [float(t) if math.isfinite(t) else "inf" for t in self.taus],
+            "L_gen": self.L_gen.tolist(),
+            "L_train": self.L_train.tolist(),
+            "L_test": self.L_test.tolist(),
+            "threshold": self.threshold,
+            "boundary_psi_n": self.boundary().tolist(),
+            "n_star_psi_n": self.psi_p.tolist(),
+            **self.meta,
+        }
 
 
 def boundary(psi_n: np.ndarray, L_gen: np.ndarray, threshold: float) -> np.ndarray:
@@ -57,13 +66,31 @@ def boundary(psi_n: np.ndarray, L_gen: np.ndarray, threshold: float) -> np.ndarr
     return out
 
 
-def phase_diagram(t: float, psi_n: Sequence[float], psi_p: Sequence[float], taus: Sequence[float], *, d: int = 32, sigma_x: float = 1.0,
-                  activation="tanh", threshold: float = 0.25, seed=None, progress: Optional[Callable[[int, int], None]] = None) -> PhaseDiagram:
+def phase_diagram(
+    t: float,
+    psi_n: Sequence[float],
+    psi_p: Sequence[float],
+    taus: Sequence[float],
+    *,
+    d: int = 32,
+    sigma_x: float = 1.0,
+    activation="tanh",
+    threshold: float = 0.25,
+    seed=None,
+    progress: Callable[[int, int], None] | None = None,
+) -> PhaseDiagram:
     """L_gen on the (psi_n, psi_p) grid at each tau (rescaled time; ``inf`` for the end of training)."""
     psi_n = np.asarray(psi_n, dtype=np.float64)
     psi_p = np.asarray(psi_p, dtype=np.float64)
     taus = np.asarray(taus, dtype=np.float64)
-    if psi_n.ndim != 1 or psi_p.ndim != 1 or psi_n.size < 2 or psi_p.size < 1 or np.any(psi_n <= 0) or np.any(psi_p <= 0):
+    if (
+        psi_n.ndim != 1
+        or psi_p.ndim != 1
+        or psi_n.size < 2
+        or psi_p.size < 1
+        or np.any(psi_n <= 0)
+        or np.any(psi_p <= 0)
+    ):
         raise ValueError("psi_n (>= 2 values) and psi_p (>= 1 value) must be lists of numbers > 0")
     if np.any(np.diff(psi_n) <= 0):
         raise ValueError("psi_n must be strictly increasing")
@@ -86,5 +113,18 @@ def phase_diagram(t: float, psi_n: Sequence[float], psi_p: Sequence[float], taus
             k += 1
             if progress is not None:
                 progress(k, N * P)
-    return PhaseDiagram(psi_n, psi_p, taus, Lte - Ltr, Ltr, Lte, float(threshold),
-                        {"t": float(t), "d": int(d), "constants": c.to_dict(), "method": "gaussian_equivalent closed form, one draw per point"})
+    return PhaseDiagram(
+        psi_n,
+        psi_p,
+        taus,
+        Lte - Ltr,
+        Ltr,
+        Lte,
+        float(threshold),
+        {
+            "t": float(t),
+            "d": int(d),
+            "constants": c.to_dict(),
+            "method": "gaussian_equivalent closed form, one draw per point",
+        },
+    )

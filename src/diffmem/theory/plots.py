@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["plot_spectrum", "plot_dynamics", "plot_phase"]
+__all__ = ["plot_dynamics", "plot_phase", "plot_spectrum"]
 
 
 def _plt():
@@ -16,8 +16,17 @@ def _plt():
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    plt.rcParams.update({"font.size": 9, "axes.labelsize": 10, "axes.titlesize": 10, "legend.fontsize": 8, "figure.dpi": 150,
-                         "axes.spines.top": False, "axes.spines.right": False})
+    plt.rcParams.update(
+        {
+            "font.size": 9,
+            "axes.labelsize": 10,
+            "axes.titlesize": 10,
+            "legend.fontsize": 8,
+            "figure.dpi": 150,
+            "axes.spines.top": False,
+            "axes.spines.right": False,
+        }
+    )
     return plt
 
 
@@ -45,19 +54,31 @@ def plot_spectrum(result: dict, path) -> str:
         e = np.asarray(sim["histogram"]["edges"])
         h = np.asarray(sim["histogram"]["density"])
         mid = np.sqrt(e[1:] * e[:-1]) if e[0] > 0 else 0.5 * (e[1:] + e[:-1])
-        ax.bar(e[:-1], h * mid, width=np.diff(e), align="edge", color="0.8", edgecolor="0.6", lw=0.3,
-               label=f"simulation (p={sim['p']}, {sim.get('matrix', 'gaussian_equivalent').replace('_', '-')} U)")
+        ax.bar(
+            e[:-1],
+            h * mid,
+            width=np.diff(e),
+            align="edge",
+            color="0.8",
+            edgecolor="0.6",
+            lw=0.3,
+            label=f"simulation (p={sim['p']}, {sim.get('matrix', 'gaussian_equivalent').replace('_', '-')} U)",
+        )
     ax.plot(lam, lam * rho, color="C0", lw=1.4, label="theory (Thm 3.1)")
     if asym is not None:
         ax.plot(lam, lam * np.asarray(asym), color="C3", lw=1.0, ls="--", label="asymptotic (Thm 3.2)")
-    ax.axvline(c["s2"], color="C2", lw=1.0, ls=":", label=f"delta peak at $s_t^2$ (weight {result['delta_peak_weight']:.3f})")
+    ax.axvline(
+        c["s2"], color="C2", lw=1.0, ls=":", label=f"delta peak at $s_t^2$ (weight {result['delta_peak_weight']:.3f})"
+    )
     ax.set_xscale("log")
     ax.set_yscale("log")
     top = float(np.max(lam * rho)) if rho.size else 1.0
     ax.set_ylim(top * 1e-4, top * 40)
     ax.set_xlabel(r"eigenvalue $\lambda$ of $U$")
     ax.set_ylabel(r"$\lambda\,\rho(\lambda)$")
-    ax.set_title(rf"spectrum of $U$: $\psi_p$={cfg['psi_p']:g}, $\psi_n$={cfg['psi_n']:g}, $t$={cfg['t']:g}, {cfg['activation']}")
+    ax.set_title(
+        rf"spectrum of $U$: $\psi_p$={cfg['psi_p']:g}, $\psi_n$={cfg['psi_n']:g}, $t$={cfg['t']:g}, {cfg['activation']}"
+    )
     ax.legend(frameon=False, loc="upper center", ncol=2)
     return _save(fig, path)
 
@@ -93,7 +114,10 @@ def plot_dynamics(result: dict, path) -> str:
         axes[0].plot([], [], "o", color="0.3", mfc="none", ms=3, label="gradient descent")
     axes[0].legend(frameon=False, ncol=1)
     cfg = result["config"]
-    fig.suptitle(rf"random features: $\psi_p$={cfg['psi_p']:g}, $t$={cfg['t']:g}, $d$={cfg['d']}, {cfg['activation']}", fontsize=10)
+    fig.suptitle(
+        rf"random features: $\psi_p$={cfg['psi_p']:g}, $t$={cfg['t']:g}, $d$={cfg['d']}, {cfg['activation']}",
+        fontsize=10,
+    )
     fig.tight_layout()
     return _save(fig, path)
 
@@ -114,10 +138,14 @@ def plot_phase(result: dict, path) -> str:
     vmin = max(np.nanmin(np.abs(Lg)), 1e-4)
     vmax = np.nanmax(np.abs(Lg))
     for i, ax in enumerate(axes[0]):
-        im = ax.pcolormesh(pp, pn, np.clip(Lg[i], vmin, None), norm=LogNorm(vmin=vmin, vmax=vmax), shading="nearest", cmap="magma")
+        im = ax.pcolormesh(
+            pp, pn, np.clip(Lg[i], vmin, None), norm=LogNorm(vmin=vmin, vmax=vmax), shading="nearest", cmap="magma"
+        )
         ax.plot(pp, pp, color="w", lw=1.0, ls="--", label=r"$n = p$")
         ok = np.isfinite(bnd[i])
-        ax.plot(pp[ok], bnd[i][ok], color="c", lw=1.4, marker="o", ms=2.5, label=rf"$L_{{\rm gen}}$={result['threshold']:g}")
+        ax.plot(
+            pp[ok], bnd[i][ok], color="c", lw=1.4, marker="o", ms=2.5, label=rf"$L_{{\rm gen}}$={result['threshold']:g}"
+        )
         ax.set_xscale("log")
         ax.set_yscale("log")
         for axis in (ax.xaxis, ax.yaxis):

@@ -5,13 +5,22 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 import numpy as np
 
-__all__ = ["SpectrumConfig", "DynamicsConfig", "PhaseConfig", "run_spectrum", "run_dynamics", "run_phase", "write_json_atomic"]
+__all__ = [
+    "DynamicsConfig",
+    "PhaseConfig",
+    "SpectrumConfig",
+    "run_dynamics",
+    "run_phase",
+    "run_spectrum",
+    "write_json_atomic",
+]
 
 
 def _jsonable(obj: Any) -> Any:
@@ -54,10 +63,12 @@ class SpectrumConfig:
     sigma_x: float = 1.0
     activation: str = "tanh"
     n_points: int = 400
-    sigma_eigs: Optional[tuple] = None
-    sigma_weights: Optional[tuple] = None
+    sigma_eigs: tuple | None = None
+    sigma_weights: tuple | None = None
     simulate: bool = False  # also draw a finite-size U and histogram its eigenvalues
-    matrix: str = "gaussian_equivalent"  # which U to simulate: "gaussian_equivalent" (low rank, fast) or "exact" (tanh U, O(p^3))
+    matrix: str = (
+        "gaussian_equivalent"  # which U to simulate: "gaussian_equivalent" (low rank, fast) or "exact" (tanh U, O(p^3))
+    )
     d: int = 100  # size of the simulation
     bins: int = 120
     seed: int = 0
@@ -133,24 +144,47 @@ def config_dict(cfg) -> dict:
 
 
 # --------------------------------------------------------------------------------------------------- spectrum
-def run_spectrum(cfg: SpectrumConfig, out: Optional[Path] = None, plot: bool = False) -> dict:
-    from .spectrum import spectral_density
+def run_spectrum(cfg: SpectrumConfig, out: Path | None = None, plot: bool = False) -> dict:
     from .simulation import eigenvalue_histogram, gaussian_equivalent, ge_eigenvalues, make_problem
+    from .spectrum import spectral_density
 
     cfg.validate()
     t0 = time.perf_counter()
-    res = spectral_density(cfg.t, cfg.psi_p, cfg.psi_n, sigma_x=None if cfg.sigma_eigs else cfg.sigma_x, activation=cfg.activation,
-                           sigma_eigs=cfg.sigma_eigs, sigma_weights=cfg.sigma_weights, n_points=cfg.n_points)
+    res = spectral_density(
+        cfg.t,
+        cfg.psi_p,
+        cfg.psi_n,
+        sigma_x=None if cfg.sigma_eigs else cfg.sigma_x,
+        activation=cfg.activation,
+        sigma_eigs=cfg.sigma_eigs,
+        sigma_weights=cfg.sigma_weights,
+        n_points=cfg.n_points,
+    )
     solve_s = time.perf_counter() - t0
     d = res.to_dict()
-    result = {"config": config_dict(cfg), "constants": d["constants"], "lambda": d["lambda"], "density": d["density"],
-              "converged": d["converged"], "n_unconverged": d["n_unconverged"], "delta_peak_weight": d["delta_peak_weight"],
-              "delta_peak_weight_solver": d["delta_peak_weight_solver"], "edges": d["edges"], "lambda_min": d["lambda_min"],
-              "mass": d["mass"], "mass_expected": d["mass_expected"], "asymptotic": d["asymptotic"], "asymptotic_density": d["asymptotic_density"], "solver_seconds": solve_s}
+    result = {
+        "config": config_dict(cfg),
+        "constants": d["constants"],
+        "lambda": d["lambda"],
+        "density": d["density"],
+        "converged": d["converged"],
+        "n_unconverged": d["n_unconverged"],
+        "delta_peak_weight": d["delta_peak_weight"],
+        "delta_peak_weight_solver": d["delta_peak_weight_solver"],
+        "edges": d["edges"],
+        "lambda_min": d["lambda_min"],
+        "mass": d["mass"],
+        "mass_expected": d["mass_expected"],
+        "asymptotic": d["asymptotic"],
+        "asymptotic_density": d["asymptotic_density"],
+        "solver_seconds": solve_s,
+    }
     if cfg.simulate:
         if cfg.sigma_eigs:
             raise ValueError("--simulate supports Sigma = sigma_x^2 I only; drop --sigma-eigs")
-        prob = make_problem(cfg.d, cfg.psi_p, cfg.psi_n, cfg.t, sigma_x=cfg.sigma_x, activation=cfg.activation, seed=cfg.seed)
+        prob = make_problem(
+            cfg.d, cfg.psi_p, cfg.psi_n, cfg.t, sigma_x=cfg.sigma_x, activation=cfg.activation, seed=cfg.seed
+        )
         if cfg.matrix == "exact":
             from .simulation import exact_matrices
 
@@ -168,8 +202,14 @@ def run_spectrum(cfg: SpectrumConfig, out: Optional[Path] = None, plot: bool = F
         scale = rest.size / eigs.size
         hist["density"] = [x * scale for x in hist["density"]]
         hist.update(n_eigs=int(eigs.size), delta_count=int(eigs.size - rest.size), delta_fraction=float(1 - scale))
-        result["simulation"] = {"p": prob.p, "n": prob.n, "d": prob.d, "matrix": cfg.matrix, "histogram": hist,
-                                "ks_distance": _ks(res, rest)}
+        result["simulation"] = {
+            "p": prob.p,
+            "n": prob.n,
+            "d": prob.d,
+            "matrix": cfg.matrix,
+            "histogram": hist,
+            "ks_distance": _ks(res, rest),
+        }
     if out is not None:
         write_json_atomic(Path(out) / "spectrum.json", result)
         if plot:
@@ -190,9 +230,22 @@ def _ks(res, rest) -> float:
 
 
 # --------------------------------------------------------------------------------------------------- dynamics
-def run_dynamics(cfg: DynamicsConfig, out: Optional[Path] = None, plot: bool = False, progress: Optional[Callable[[str], None]] = None) -> dict:
+def run_dynamics(
+    cfg: DynamicsConfig,
+    out: Path | None = None,
+    plot: bool = False,
+    progress: Callable[[str], None] | None = None,
+) -> dict:
     from .constants import rf_constants
-    from .dynamics import default_taus, exact_curves, fit_power_law, gaussian_equivalent_curves, predicted_times, simulate_gd, eigensystem_gaussian_equivalent
+    from .dynamics import (
+        default_taus,
+        eigensystem_gaussian_equivalent,
+        exact_curves,
+        fit_power_law,
+        gaussian_equivalent_curves,
+        predicted_times,
+        simulate_gd,
+    )
     from .simulation import make_problem
     from .spectrum import spectral_density
 
@@ -203,7 +256,9 @@ def run_dynamics(cfg: DynamicsConfig, out: Optional[Path] = None, plot: bool = F
         spec = spectral_density(constants=c, psi_p=cfg.psi_p, psi_n=pn, n_points=300)
         pred = predicted_times(c, cfg.psi_p, pn, spectrum=spec)
         taus = default_taus(pred["tau_mem"], cfg.n_taus, cfg.tau_min_ratio, cfg.tau_max_ratio)
-        prob = make_problem(cfg.d, cfg.psi_p, pn, cfg.t, sigma_x=cfg.sigma_x, activation=cfg.activation, seed=[cfg.seed, i])
+        prob = make_problem(
+            cfg.d, cfg.psi_p, pn, cfg.t, sigma_x=cfg.sigma_x, activation=cfg.activation, seed=[cfg.seed, i]
+        )
         rng = np.random.default_rng([cfg.seed, i, 1])
         if cfg.method == "exact":
             cur = exact_curves(prob, taus)
@@ -216,8 +271,14 @@ def run_dynamics(cfg: DynamicsConfig, out: Optional[Path] = None, plot: bool = F
             dtau = cfg.gd_dtau_frac * cfg.psi_p / (c.delta * lam_max)
             t_hi = min(taus[-1], dtau * cfg.gd_max_steps)
             gtaus = np.geomspace(max(taus[0], dtau), t_hi, 16)
-            gd = simulate_gd(prob, gtaus, dtau=dtau, seed=np.random.default_rng([cfg.seed, i, 2]), dtype=np.float32,
-                             progress=(lambda k, n, pn=pn: progress(f"GD psi_n={pn:g}: step {k}/{n}")) if progress else None)
+            gd = simulate_gd(
+                prob,
+                gtaus,
+                dtau=dtau,
+                seed=np.random.default_rng([cfg.seed, i, 2]),
+                dtype=np.float32,
+                progress=(lambda k, n, pn=pn: progress(f"GD psi_n={pn:g}: step {k}/{n}")) if progress else None,
+            )
             ref = exact_curves(prob, gd.tau)
             ge = gaussian_equivalent_curves(prob, gd.tau, constants=c, seed=np.random.default_rng([cfg.seed, i, 1]))
             run["gd"] = gd.to_dict()
@@ -233,10 +294,21 @@ def run_dynamics(cfg: DynamicsConfig, out: Optional[Path] = None, plot: bool = F
     fit_f = None
     if len(runs) > 1 and all(r["predicted"].get("tau_mem_finite") for r in runs):
         fit_f = fit_power_law(cfg.psi_n, [r["predicted"]["tau_mem_finite"] for r in runs])
-    result = {"config": config_dict(cfg), "constants": c.to_dict(), "runs": runs, "tau_mem_fit": fit, "tau_mem_finite_fit": fit_f, "E_score_min_fit": esc_fit,
-              "conventions": {"time": "tau = k eta / d^2", "tau_gen": "1/Delta_t", "tau_mem": "psi_p/(Delta_t lambda_min), lambda_min of Theorem 3.2",
-                              "tau_mem_finite": "psi_p/(Delta_t lambda_min) with the left edge of the first bulk from the Theorem 3.1 solver",
-                              "population": "Gaussian-equivalent U, V" if cfg.method != "exact" else "exact for Gaussian data"}}
+    result = {
+        "config": config_dict(cfg),
+        "constants": c.to_dict(),
+        "runs": runs,
+        "tau_mem_fit": fit,
+        "tau_mem_finite_fit": fit_f,
+        "E_score_min_fit": esc_fit,
+        "conventions": {
+            "time": "tau = k eta / d^2",
+            "tau_gen": "1/Delta_t",
+            "tau_mem": "psi_p/(Delta_t lambda_min), lambda_min of Theorem 3.2",
+            "tau_mem_finite": "psi_p/(Delta_t lambda_min) with the left edge of the first bulk from the Theorem 3.1 solver",
+            "population": "Gaussian-equivalent U, V" if cfg.method != "exact" else "exact for Gaussian data",
+        },
+    }
     if out is not None:
         write_json_atomic(Path(out) / "dynamics.json", result)
         if plot:
@@ -249,18 +321,36 @@ def run_dynamics(cfg: DynamicsConfig, out: Optional[Path] = None, plot: bool = F
 def _rel_errors(gd, ref, ge) -> dict:
     out = {}
     for name, other in (("vs_exact", ref), ("vs_gaussian_equivalent", ge)):
-        out[name] = {k: float(np.max(np.abs(getattr(gd, k) - getattr(other, k)) / np.abs(getattr(other, k)))) for k in ("L_train", "L_test", "E_score")}
+        out[name] = {
+            k: float(np.max(np.abs(getattr(gd, k) - getattr(other, k)) / np.abs(getattr(other, k))))
+            for k in ("L_train", "L_test", "E_score")
+        }
     return out
 
 
 # --------------------------------------------------------------------------------------------------- phase
-def run_phase(cfg: PhaseConfig, out: Optional[Path] = None, plot: bool = False, progress: Optional[Callable[[int, int], None]] = None) -> dict:
+def run_phase(
+    cfg: PhaseConfig,
+    out: Path | None = None,
+    plot: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict:
     from .dynamics import fit_power_law
     from .phase import phase_diagram
 
     cfg.validate()
-    pdg = phase_diagram(cfg.t, cfg.psi_n, cfg.psi_p, cfg.taus, d=cfg.d, sigma_x=cfg.sigma_x, activation=cfg.activation,
-                        threshold=cfg.threshold, seed=cfg.seed, progress=progress)
+    pdg = phase_diagram(
+        cfg.t,
+        cfg.psi_n,
+        cfg.psi_p,
+        cfg.taus,
+        d=cfg.d,
+        sigma_x=cfg.sigma_x,
+        activation=cfg.activation,
+        threshold=cfg.threshold,
+        seed=cfg.seed,
+        progress=progress,
+    )
     result = {"config": config_dict(cfg), **pdg.to_dict()}
     bnd = pdg.boundary()
     fits = []

@@ -19,17 +19,27 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional, Union
 
 import numpy as np
 
 from .constants import RFConstants, gauss_hermite, resolve_activation, rf_constants
 
-__all__ = ["RFProblem", "make_problem", "features", "exact_matrices", "mc_matrices", "population_matrices", "GaussianEquivalent",
-           "gaussian_equivalent", "ge_eigenvalues", "eigenvalue_histogram", "as_generator"]
+__all__ = [
+    "GaussianEquivalent",
+    "RFProblem",
+    "as_generator",
+    "eigenvalue_histogram",
+    "exact_matrices",
+    "features",
+    "gaussian_equivalent",
+    "ge_eigenvalues",
+    "make_problem",
+    "mc_matrices",
+    "population_matrices",
+]
 
 
-def as_generator(seed: Union[None, int, np.random.Generator]) -> np.random.Generator:
+def as_generator(seed: int | np.random.Generator | None) -> np.random.Generator:
     if isinstance(seed, np.random.Generator):
         return seed
     if seed is None or isinstance(seed, (int, np.integer)):
@@ -69,7 +79,9 @@ class RFProblem:
         return rf_constants(self.t, self.sigma_x, self.activation)
 
 
-def make_problem(d: int, psi_p: float, psi_n: float, t: float, *, sigma_x: float = 1.0, activation="tanh", seed=None) -> RFProblem:
+def make_problem(
+    d: int, psi_p: float, psi_n: float, t: float, *, sigma_x: float = 1.0, activation="tanh", seed=None
+) -> RFProblem:
     """Draw W (p x d) and X (d x n), p = round(psi_p d), n = round(psi_n d)."""
     if not (isinstance(d, (int, np.integer)) and d >= 1):
         raise ValueError(f"d must be an integer >= 1 (got {d!r})")
@@ -83,7 +95,9 @@ def make_problem(d: int, psi_p: float, psi_n: float, t: float, *, sigma_x: float
     rng = as_generator(seed)
     W = rng.standard_normal((p, d))
     X = sigma_x * rng.standard_normal((d, n))
-    return RFProblem(W=W, X=X, t=float(t), sigma_x=float(sigma_x), activation=activation if callable(activation) else name)
+    return RFProblem(
+        W=W, X=X, t=float(t), sigma_x=float(sigma_x), activation=activation if callable(activation) else name
+    )
 
 
 def features(W: np.ndarray, x: np.ndarray, activation="tanh") -> np.ndarray:
@@ -103,7 +117,9 @@ def _hermite_moments(f, mean: np.ndarray, std: np.ndarray, order: int, n_quad: i
     return out
 
 
-def exact_matrices(problem: RFProblem, order: int = 3, n_quad: int = 32, chunk: int = 256) -> tuple[np.ndarray, np.ndarray]:
+def exact_matrices(
+    problem: RFProblem, order: int = 3, n_quad: int = 32, chunk: int = 256
+) -> tuple[np.ndarray, np.ndarray]:
     """Training U (p x p) and V (p x d) with the noise expectation done analytically (see module docstring)."""
     if order < 1:
         raise ValueError(f"order must be >= 1 (got {order})")
@@ -120,7 +136,7 @@ def exact_matrices(problem: RFProblem, order: int = 3, n_quad: int = 32, chunk: 
     diag = np.zeros(p)
     d1 = np.zeros(p)
     for s in range(0, n, chunk):
-        m = M[:, s:s + chunk]
+        m = M[:, s : s + chunk]
         mom = _hermite_moments(f, m, np.broadcast_to(std, m.shape), order, n_quad)
         for k in range(order + 1):
             acc[k] += mom[k] @ mom[k].T
@@ -189,7 +205,7 @@ class GaussianEquivalent:
         return U
 
 
-def gaussian_equivalent(problem: RFProblem, constants: Optional[RFConstants] = None, seed=None) -> GaussianEquivalent:
+def gaussian_equivalent(problem: RFProblem, constants: RFConstants | None = None, seed=None) -> GaussianEquivalent:
     """The Gaussian-equivalent U and V for this W, X (Omega drawn from ``seed``)."""
     c = constants or problem.constants()
     rng = as_generator(seed)
@@ -204,7 +220,7 @@ def gaussian_equivalent(problem: RFProblem, constants: Optional[RFConstants] = N
     sv = math.sqrt(max(c.v2, 0.0) / n)
     rows = max(1, (1 << 22) // max(n, 1))
     for i in range(0, p, rows):
-        Z[i:i + rows, :n] += sv * rng.standard_normal((min(rows, p - i), n))
+        Z[i : i + rows, :n] += sv * rng.standard_normal((min(rows, p - i), n))
     Z[:, n:] = (c.b / math.sqrt(d)) * W
     return GaussianEquivalent(Z=Z, s2=c.s2, V=c.b * W / math.sqrt(d))
 
@@ -218,20 +234,35 @@ def ge_eigenvalues(ge: GaussianEquivalent) -> np.ndarray:
     return np.sort(np.concatenate([np.full(p - k, ge.s2), ev]))
 
 
-def eigenvalue_histogram(eigs: np.ndarray, delta_location: Optional[float] = None, bins: Union[int, np.ndarray] = 200,
-                         log: bool = True, rtol: float = 1e-8) -> dict:
+def eigenvalue_histogram(
+    eigs: np.ndarray,
+    delta_location: float | None = None,
+    bins: int | np.ndarray = 200,
+    log: bool = True,
+    rtol: float = 1e-8,
+) -> dict:
     """Histogram (as a density normalised to the fraction of eigenvalues it holds) outside the delta peak.
 
     Eigenvalues within ``rtol`` (relative) of ``delta_location`` are counted into ``delta_count``.
     """
     eigs = np.sort(np.asarray(eigs, dtype=np.float64))
     n = eigs.size
-    in_delta = np.zeros(n, bool) if delta_location is None else np.abs(eigs - delta_location) <= rtol * max(abs(delta_location), 1e-300) + 1e-12
+    in_delta = (
+        np.zeros(n, bool)
+        if delta_location is None
+        else np.abs(eigs - delta_location) <= rtol * max(abs(delta_location), 1e-300) + 1e-12
+    )
     rest = eigs[~in_delta]
     if isinstance(bins, int):
         lo, hi = rest.min(), rest.max()
         bins = np.geomspace(lo, hi * (1 + 1e-9), bins + 1) if (log and lo > 0) else np.linspace(lo, hi, bins + 1)
     counts, edges = np.histogram(rest, bins=bins)
     dens = counts / (n * np.diff(edges))
-    return {"edges": edges.tolist(), "density": dens.tolist(), "counts": counts.tolist(), "n_eigs": n,
-            "delta_count": int(in_delta.sum()), "delta_fraction": float(in_delta.mean())}
+    return {
+        "edges": edges.tolist(),
+        "density": dens.tolist(),
+        "counts": counts.tolist(),
+        "n_eigs": n,
+        "delta_count": int(in_delta.sum()),
+        "delta_fraction": float(in_delta.mean()),
+    }

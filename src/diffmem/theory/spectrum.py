@@ -21,34 +21,52 @@ Theorem 3.2 (psi_p > psi_n >> 1) is in :func:`asymptotic_spectrum`.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
 
 import numpy as np
 
 from .constants import RFConstants, rf_constants
 
-__all__ = ["SpectrumResult", "spectral_density", "solve_stieltjes", "asymptotic_spectrum", "marchenko_pastur_density", "default_grid", "check_ratios"]
+__all__ = [
+    "SpectrumResult",
+    "asymptotic_spectrum",
+    "check_ratios",
+    "default_grid",
+    "marchenko_pastur_density",
+    "solve_stieltjes",
+    "spectral_density",
+]
 
 
 def check_ratios(psi_p: float, psi_n: float) -> None:
     for name, v in (("psi_p", psi_p), ("psi_n", psi_n)):
         if not (isinstance(v, (int, float, np.integer, np.floating)) and math.isfinite(v) and v > 0):
-            raise ValueError(f"{name} must be a finite number > 0 (got {v!r}); psi_p = p/d (features per dimension), psi_n = n/d (samples per dimension)")
+            raise ValueError(
+                f"{name} must be a finite number > 0 (got {v!r}); psi_p = p/d (features per dimension), psi_n = n/d (samples per dimension)"
+            )
 
 
-def _mixture(sigma_eigs, sigma_weights, sigma_x: Optional[float]) -> tuple[np.ndarray, np.ndarray, float]:
+def _mixture(sigma_eigs, sigma_weights, sigma_x: float | None) -> tuple[np.ndarray, np.ndarray, float]:
     if sigma_eigs is None:
         if sigma_weights is not None:
             raise ValueError("sigma_weights given without sigma_eigs; pass both (or neither for Sigma = sigma_x^2 I)")
         sx = 1.0 if sigma_x is None else float(sigma_x)
         return np.array([sx**2]), np.array([1.0]), sx
     lam = np.atleast_1d(np.asarray(sigma_eigs, dtype=np.float64))
-    w = np.full(lam.shape, 1.0 / lam.size) if sigma_weights is None else np.atleast_1d(np.asarray(sigma_weights, dtype=np.float64))
+    w = (
+        np.full(lam.shape, 1.0 / lam.size)
+        if sigma_weights is None
+        else np.atleast_1d(np.asarray(sigma_weights, dtype=np.float64))
+    )
     if lam.ndim != 1 or w.shape != lam.shape:
-        raise ValueError(f"sigma_eigs and sigma_weights must be 1-d arrays of the same length (got {lam.shape} and {w.shape})")
+        raise ValueError(
+            f"sigma_eigs and sigma_weights must be 1-d arrays of the same length (got {lam.shape} and {w.shape})"
+        )
     if not (np.all(np.isfinite(lam)) and np.all(lam >= 0) and lam.max() > 0):
-        raise ValueError("sigma_eigs must be finite, >= 0 and not all 0 (they are the eigenvalues of the data covariance)")
+        raise ValueError(
+            "sigma_eigs must be finite, >= 0 and not all 0 (they are the eigenvalues of the data covariance)"
+        )
     if not (np.all(np.isfinite(w)) and np.all(w >= 0) and w.sum() > 0):
         raise ValueError("sigma_weights must be finite, >= 0 and sum to > 0 (they are normalised to 1)")
     w = w / w.sum()
@@ -138,8 +156,18 @@ def _newton(q, r, z, c, psi_p, psi_n, lam, w, tol=1e-12, max_iter=60):
     return q, r, res
 
 
-def solve_stieltjes(z: np.ndarray, constants: RFConstants, psi_p: float, psi_n: float, sigma_eigs=None, sigma_weights=None,
-                    y_start: Optional[float] = None, shrink: float = 0.75, tol: float = 1e-10, return_path: bool = False):
+def solve_stieltjes(
+    z: np.ndarray,
+    constants: RFConstants,
+    psi_p: float,
+    psi_n: float,
+    sigma_eigs=None,
+    sigma_weights=None,
+    y_start: float | None = None,
+    shrink: float = 0.75,
+    tol: float = 1e-10,
+    return_path: bool = False,
+):
     """q(z), r(z) for complex ``z`` with Im z > 0, continued down from z.real + i*y_start.
 
     Returns ``(q, r, residual)`` (and the list of intermediate (eps, q) when ``return_path``).
@@ -185,7 +213,9 @@ def marchenko_pastur_density(x: np.ndarray, ratio: float, scale: float = 1.0) ->
     return out / scale
 
 
-def asymptotic_spectrum(constants: RFConstants, psi_p: float, psi_n: float, lambdas: Optional[np.ndarray] = None) -> dict:
+def asymptotic_spectrum(
+    constants: RFConstants, psi_p: float, psi_n: float, lambdas: np.ndarray | None = None
+) -> dict:
     """The law of Theorem 3.2 (psi_p > psi_n >> 1, Sigma = sigma_x^2 I).
 
     * a delta peak at s_t^2 of weight 1 - (1 + psi_n)/psi_p;
@@ -219,19 +249,28 @@ def asymptotic_spectrum(constants: RFConstants, psi_p: float, psi_n: float, lamb
             ratio = min(psi_n / psi_p, 1.0)
             x = (lamb - c.s2) / c.v2 * ratio
             rho1 = (min(psi_n, psi_p) / psi_p) * marchenko_pastur_density(x, ratio) * ratio / c.v2
-        rho2 = (1.0 / psi_p) * marchenko_pastur_density(lamb - psi_p * c.b**2, 1.0 / psi_n, scale=sc2) if sc2 > 0 else np.zeros_like(lamb)
+        rho2 = (
+            (1.0 / psi_p) * marchenko_pastur_density(lamb - psi_p * c.b**2, 1.0 / psi_n, scale=sc2)
+            if sc2 > 0
+            else np.zeros_like(lamb)
+        )
         out["density"] = rho1 + rho2
     return out
 
 
-def default_grid(constants: RFConstants, psi_p: float, psi_n: float, n_points: int = 400, sigma_max: float = 1.0) -> np.ndarray:
+def default_grid(
+    constants: RFConstants, psi_p: float, psi_n: float, n_points: int = 400, sigma_max: float = 1.0
+) -> np.ndarray:
     """A grid in lambda - s_t^2, geometric from 1e-4 of the first-bulk scale up past the second bulk.
 
     Log spacing resolves both bulks (they sit orders of magnitude apart) with the same relative resolution.
     """
     c = constants
     small = max(c.v2 * min(1.0, psi_p / psi_n), c.b**2, 1e-6 * (c.alpha * sigma_max + c.b**2))
-    top = psi_p * (c.b**2 + c.alpha * sigma_max) * (1 + 1 / math.sqrt(psi_n)) ** 2 * (1 + 1 / math.sqrt(psi_p)) ** 2 * 1.5 + c.v2 * (1 + math.sqrt(psi_p / psi_n)) ** 2
+    top = (
+        psi_p * (c.b**2 + c.alpha * sigma_max) * (1 + 1 / math.sqrt(psi_n)) ** 2 * (1 + 1 / math.sqrt(psi_p)) ** 2 * 1.5
+        + c.v2 * (1 + math.sqrt(psi_p / psi_n)) ** 2
+    )
     return c.s2 + np.geomspace(1e-4 * small, top, n_points)
 
 
@@ -257,7 +296,7 @@ class SpectrumResult:
     asymptotic: dict = field(default_factory=dict)
 
     @property
-    def lambda_min(self) -> Optional[float]:
+    def lambda_min(self) -> float | None:
         """Left edge of the first bulk above the delta peak (None if no bulk was found)."""
         return self.edges[0][0] if self.edges else None
 
@@ -280,12 +319,15 @@ class SpectrumResult:
             "edges": self.edges,
             "lambda_min": self.lambda_min,
             "mass": self.mass,
-            "mass_expected": 1.0 - self.delta_peak_weight,  # a gap to `mass` means mass outside the grid (e.g. a hard edge at s_t^2)
+            "mass_expected": 1.0
+            - self.delta_peak_weight,  # a gap to `mass` means mass outside the grid (e.g. a hard edge at s_t^2)
             "eps": self.eps,
             "sigma_eigs": self.sigma_eigs.tolist(),
             "sigma_weights": self.sigma_weights.tolist(),
             "asymptotic": {k: v for k, v in self.asymptotic.items() if k != "density"},
-            "asymptotic_density": self.asymptotic.get("density", np.array([])).tolist() if "density" in self.asymptotic else None,
+            "asymptotic_density": self.asymptotic.get("density", np.array([])).tolist()
+            if "density" in self.asymptotic
+            else None,
         }
 
 
@@ -307,10 +349,20 @@ def _find_edges(lam: np.ndarray, inside: np.ndarray) -> list:
     return edges
 
 
-def spectral_density(t: Optional[float] = None, psi_p: float = 64.0, psi_n: float = 8.0, *, constants: Optional[RFConstants] = None,
-                     sigma_x: Optional[float] = None, activation="tanh", sigma_eigs: Optional[Sequence[float]] = None,
-                     sigma_weights: Optional[Sequence[float]] = None, lambdas: Optional[Sequence[float]] = None, n_points: int = 400,
-                     eps: Optional[float] = None) -> SpectrumResult:
+def spectral_density(
+    t: float | None = None,
+    psi_p: float = 64.0,
+    psi_n: float = 8.0,
+    *,
+    constants: RFConstants | None = None,
+    sigma_x: float | None = None,
+    activation="tanh",
+    sigma_eigs: Sequence[float] | None = None,
+    sigma_weights: Sequence[float] | None = None,
+    lambdas: Sequence[float] | None = None,
+    n_points: int = 400,
+    eps: float | None = None,
+) -> SpectrumResult:
     """Eigenvalue density of U (Theorem 3.1) on a lambda grid, its delta peak and bulk edges.
 
     Give either ``t`` (with ``sigma_x``/``activation``) or ready ``constants``. The data covariance is
@@ -319,13 +371,17 @@ def spectral_density(t: Optional[float] = None, psi_p: float = 64.0, psi_n: floa
     (their density is still the last iterate, never silently NaN).
     """
     check_ratios(psi_p, psi_n)
-    lam_s, w_s, sx = _mixture(sigma_eigs, sigma_weights, sigma_x if constants is None else (constants.sigma_x if sigma_eigs is None else None))
+    lam_s, w_s, sx = _mixture(
+        sigma_eigs, sigma_weights, sigma_x if constants is None else (constants.sigma_x if sigma_eigs is None else None)
+    )
     if constants is None:
         if t is None:
             raise ValueError("give the diffusion time t (or ready constants=rf_constants(...))")
         constants = rf_constants(t, sx, activation)
     elif sigma_eigs is not None and abs(constants.sigma_x - sx) > 1e-9 * sx:
-        raise ValueError(f"constants were built with sigma_x={constants.sigma_x} but sigma_eigs give {sx:.6g}; rebuild them with sigma_x=sqrt(mean eigenvalue)")
+        raise ValueError(
+            f"constants were built with sigma_x={constants.sigma_x} but sigma_eigs give {sx:.6g}; rebuild them with sigma_x=sqrt(mean eigenvalue)"
+        )
     if t is not None and abs(float(t) - constants.t) > 1e-15:
         raise ValueError(f"t={t} disagrees with constants.t={constants.t}; give only one")
     c = constants
@@ -363,6 +419,21 @@ def spectral_density(t: Optional[float] = None, psi_p: float = 64.0, psi_n: floa
     q0, _, res0 = solve_stieltjes(np.array([c.s2 + 1j * e0]), c, psi_p, psi_n, lam_s, w_s)
     delta_solver = float(e0 * q0.imag[0])
     asym = asymptotic_spectrum(c, psi_p, psi_n, lam) if len(lam_s) == 1 else {}
-    return SpectrumResult(constants=c, psi_p=float(psi_p), psi_n=float(psi_n), lambdas=lam, density=density, q=q, converged=converged,
-                          residual=res, delta_peak_weight=delta_exact, delta_peak_weight_solver=delta_solver, edges=edges, mass=mass,
-                          eps=eps, sigma_eigs=lam_s, sigma_weights=w_s, asymptotic=asym)
+    return SpectrumResult(
+        constants=c,
+        psi_p=float(psi_p),
+        psi_n=float(psi_n),
+        lambdas=lam,
+        density=density,
+        q=q,
+        converged=converged,
+        residual=res,
+        delta_peak_weight=delta_exact,
+        delta_peak_weight_solver=delta_solver,
+        edges=edges,
+        mass=mass,
+        eps=eps,
+        sigma_eigs=lam_s,
+        sigma_weights=w_s,
+        asymptotic=asym,
+    )
