@@ -225,7 +225,7 @@ def main() -> None:
     ap.add_argument("--skip", nargs="*", default=[], choices=["spectrum", "speed", "dynamics", "large"])
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
-    from diffmem._io import write_json
+    from diffmem.io import write_json
 
     out = Path(args.out)
     res = {

@@ -84,7 +84,7 @@ def main() -> None:
             f"{r['width']:>4} {r['params']:>10,} {r['size']:>4}x{r['size']:<2} {r['threads']:>8} {r['ms_per_step']:>9.1f}"
         )
     if args.json:
-        from diffmem._io import write_json
+        from diffmem.io import write_json
 
         write_json(
             args.json,

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from sklearn.datasets import load_digits
 
-from diffmem import _io
+from diffmem import io as dio
 from diffmem.metrics.frechet import WEIGHTS, DigitsCNN
 
 
@@ -67,8 +67,8 @@ def main(argv=None) -> None:
     with torch.no_grad():
         train_acc = (net(x).argmax(1) == y).float().mean().item()
     print(f"final network, accuracy on all digits: {train_acc:.4f}")
-    _io.save_tensors(args.out / WEIGHTS, {k: v.contiguous() for k, v in net.state_dict().items()})
-    _io.write_json(
+    dio.save_tensors(args.out / WEIGHTS, {k: v.contiguous() for k, v in net.state_dict().items()})
+    dio.write_json(
         args.out / WEIGHTS.replace(".safetensors", ".json"),
         {
             "network": "diffmem.metrics.frechet.DigitsCNN",

@@ -8,7 +8,7 @@ import time
 import pytest
 import torch
 
-from diffmem import _io
+from diffmem import io as dio
 from diffmem.models import ResidualMLP, mlp_param_count
 from diffmem.training import TrainConfig, checkpoint_steps, list_checkpoints, load_checkpoint, train
 
@@ -39,7 +39,7 @@ def test_checkpoint_grid_is_log_spaced_and_ends_at_steps():
 
 
 def _final_state(run):
-    tensors, _ = _io.load_tensors(run / "state.safetensors")
+    tensors, _ = dio.load_tensors(run / "state.safetensors")
     return tensors
 
 
@@ -96,14 +96,14 @@ def test_kill_9_resumes_exactly(tmp_path):
         st = run / "state.safetensors"
         if st.exists():
             try:
-                if int(_io.load_tensors(st)[0]["step"]) >= 200:
+                if int(dio.load_tensors(st)[0]["step"]) >= 200:
                     break
             except ValueError:
                 pass
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    step_at_kill = int(_io.load_tensors(run / "state.safetensors")[0]["step"])
+    step_at_kill = int(dio.load_tensors(run / "state.safetensors")[0]["step"])
     assert step_at_kill < 3000, "the run finished before it could be killed; make it longer"
     rc = subprocess.run([sys.executable, "-m", "diffmem.cli", "train", "--out", str(run), *args], env=env).returncode
     assert rc == 0
@@ -147,7 +147,7 @@ def test_sgd_recipe_and_loss_decreases(tmp_path):
     run = train(TrainConfig(n=32, width=64, steps=300, optimizer="sgd", checkpoints=3, log_every=50), tmp_path / "sgd")
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["lr"] == 0.01 and cfg["momentum"] == 0.95 and cfg["batch_size"] == 32
-    log = _io.read_jsonl(run / "train_log.jsonl")
+    log = dio.read_jsonl(run / "train_log.jsonl")
     assert log[-1]["loss"] < log[0]["loss"]
 
 

@@ -75,7 +75,7 @@ def _common(p: argparse.ArgumentParser, out_default: str) -> None:
 
 
 def _print_json(obj: Any) -> None:
-    from ._io import jsonable
+    from .io import jsonable
 
     print(json.dumps(jsonable(obj), indent=2))
 
@@ -151,7 +151,7 @@ def _train_config(args, **fixed):
 
 
 def _run_configs(run_dir: Path):
-    from ._io import read_json
+    from .io import read_json
     from .config import from_dict
     from .training import TrainConfig
 
@@ -184,7 +184,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_sample(args) -> int:
-    from . import _io
+    from . import io
     from .measure import EvalConfig, sample_checkpoint
     from .training import list_checkpoints, load_checkpoint, load_split
 
@@ -205,7 +205,7 @@ def cmd_sample(args) -> int:
     sp = load_split(cfg)
     x = sample_checkpoint(load_checkpoint(ckpts[step], cfg, sp.shape, device=args.device), cfg, ev, sp.shape)
     path = Path(args.out) / "samples" / f"sampled_step_{step:07d}.npz"
-    _io.save_npz(path, samples=x.numpy(), pixels=sp.to_pixels(x).clamp(0, 1).numpy())
+    io.save_npz(path, samples=x.numpy(), pixels=sp.to_pixels(x).clamp(0, 1).numpy())
     print(f"wrote {len(x)} samples (model space and pixels) to {path}")
     return 0
 

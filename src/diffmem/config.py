@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from . import _io
+from . import io
 
 if TYPE_CHECKING:
     import torch
@@ -25,7 +25,7 @@ def from_dict(cls: type[C], d: dict) -> C:
 
 
 def to_dict(cfg: Any) -> dict:
-    return _io.jsonable(asdict(cfg))
+    return io.jsonable(asdict(cfg))
 
 
 def claim_folder(folder: Path, cfg: Any, *, name: str = "config.json", overwrite: bool = False) -> None:
@@ -37,7 +37,7 @@ def claim_folder(folder: Path, cfg: Any, *, name: str = "config.json", overwrite
     path = folder / name
     want = to_dict(cfg)
     if path.exists() and not overwrite:
-        have = _io.read_json(path)
+        have = io.read_json(path)
         if have != want:
             diff = sorted(k for k in set(have) | set(want) if have.get(k) != want.get(k))
             raise ValueError(
@@ -46,7 +46,7 @@ def claim_folder(folder: Path, cfg: Any, *, name: str = "config.json", overwrite
             )
         return
     folder.mkdir(parents=True, exist_ok=True)
-    _io.write_json(path, want)
+    io.write_json(path, want)
 
 
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
@@ -89,8 +89,4 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
     return dev
 
 
-def replace(cfg: C, **changes: Any) -> C:
-    return dataclasses.replace(cfg, **changes)  # type: ignore[type-var]
-
-
-__all__ = ["Optional", "claim_folder", "dataclass", "from_dict", "replace", "resolve_device", "to_dict"]
+__all__ = ["claim_folder", "from_dict", "resolve_device", "to_dict"]

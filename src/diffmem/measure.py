@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import _io, sampling
+from . import io, sampling
 from .config import claim_folder, resolve_device
 from .data import Split
 from .metrics import loss_at_time, memorization_fraction
@@ -90,7 +90,7 @@ def measure(
     sp = split if split is not None else load_split(cfg)
     space = feature_space(ev.features, sp.shape)
     metrics_path = run_dir / "metrics.jsonl"
-    done = {r["step"] for r in _io.read_jsonl(metrics_path)}
+    done = {r["step"] for r in io.read_jsonl(metrics_path)}
     real = sp.to_pixels(sp.test).clamp(0, 1)
     dev = resolve_device(device)
     train_dev, test_dev = sp.train.to(dev), sp.test.to(dev)
@@ -111,10 +111,10 @@ def measure(
             "loss_test": loss_at_time(model, test_dev, sched, ev.loss_t, ev.loss_draws, seed=ev.seed),
             "median_ratio": float(np.median(mem.ratios)),
         }
-        _io.save_npz(
+        io.save_npz(
             run_dir / "samples" / f"step_{step:07d}.npz", samples=x.numpy(), nearest=mem.nearest, ratios=mem.ratios
         )
-        _io.append_jsonl(metrics_path, rec)
+        io.append_jsonl(metrics_path, rec)
         if progress is not None:
             progress(j + 1, len(todo))
-    return sorted(_io.read_jsonl(metrics_path), key=lambda r: r["step"])
+    return sorted(io.read_jsonl(metrics_path), key=lambda r: r["step"])

@@ -31,7 +31,7 @@ def _colors(k: int):
 def _save(fig, path: Path) -> Path:
     import io
 
-    from ._io import atomic_write_bytes
+    from .io import atomic_write_bytes
 
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=130, bbox_inches="tight")
@@ -209,7 +209,7 @@ def write_html(
     notes: str | None = None,
 ) -> Path:
     """A single self-contained HTML file (figures embedded as base64)."""
-    from ._io import atomic_write_bytes
+    from .io import atomic_write_bytes
 
     fit = results.get("fit", {})
     table = summary_table(results)

@@ -22,6 +22,7 @@ __all__ = [
     "Step",
     "ddim",
     "ddpm",
+    "cfg_mix",
     "guided",
     "predict_x0",
     "randn_per_sample",
@@ -165,12 +166,46 @@ def ddpm(
     return x
 
 
+def cfg_mix(eps_u: torch.Tensor, eps_c: torch.Tensor, scale: float | torch.Tensor) -> torch.Tensor:
+    """Classifier-free guidance of two noise predictions: ``eps_u + scale * (eps_c - eps_u)``.
+
+    ``scale = 0`` gives the unconditional prediction, ``1`` the conditional one, ``> 1`` extrapolates
+    past it (Stable Diffusion's default is 7.5). Because x0_hat is affine in eps, the same mix of the
+    two x0 estimates gives the guided one: ``x0_hat(c; g) = x0_u + g (x0_c - x0_u)``.
+
+    Parameters
+    ----------
+    eps_u, eps_c : torch.Tensor
+        Unconditional and conditional predictions of the same shape ``(B, ...)``.
+    scale : float or torch.Tensor
+        The guidance scale g (a tensor broadcasts, e.g. one scale per step).
+
+    Returns
+    -------
+    torch.Tensor
+        The guided prediction, shape and dtype of ``eps_u``.
+    """
+    return eps_u + scale * (eps_c - eps_u)
+
+
 def guided(cond: Denoiser, uncond: Denoiser, scale: float) -> Denoiser:
-    """Classifier-free guidance: ``eps_u + scale (eps_c - eps_u)`` as a new denoiser."""
+    """Classifier-free guidance as a new denoiser: ``x, t -> cfg_mix(uncond(x, t), cond(x, t), scale)``.
+
+    Parameters
+    ----------
+    cond, uncond : callable
+        Denoisers ``(x, t) -> eps`` with and without the condition.
+    scale : float
+        The guidance scale g.
+
+    Returns
+    -------
+    callable
+        A denoiser for :func:`ddim` / :func:`ddpm`.
+    """
 
     def denoiser(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        eps_u = uncond(x, t)
-        return eps_u + scale * (cond(x, t) - eps_u)
+        return cfg_mix(uncond(x, t), cond(x, t), scale)
 
     return denoiser
 

@@ -51,12 +51,64 @@ class Schedule:
 
 
 def linear(T: int = 1000, beta_start: float = 1e-4, beta_end: float = 2e-2) -> Schedule:
-    """The DDPM linear schedule: betas evenly spaced from ``beta_start`` to ``beta_end``."""
+    """The DDPM linear schedule: betas evenly spaced from ``beta_start`` to ``beta_end``.
+
+    Parameters
+    ----------
+    T : int
+        Number of diffusion steps (>= 2); step indices run over ``0 .. T-1``.
+    beta_start, beta_end : float
+        First and last beta, ``0 < beta_start <= beta_end < 1`` (DDPM: 1e-4 and 2e-2).
+
+    Returns
+    -------
+    Schedule
+        float64 ``betas`` and ``alphas_cumprod = cumprod(1 - betas)``, each of shape ``(T,)``.
+
+    Examples
+    --------
+    >>> from diffmem.schedule import linear
+    >>> s = linear(1000, 1e-4, 2e-2)
+    >>> s.T, round(float(s.alphas_cumprod[-1]), 6)
+    (1000, 4e-05)
+    """
+    _check_betas(T, beta_start, beta_end)
+    return Schedule(torch.linspace(beta_start, beta_end, int(T), dtype=torch.float64))
+
+
+def scaled_linear(T: int = 1000, beta_start: float = 0.00085, beta_end: float = 0.012) -> Schedule:
+    """Stable Diffusion's schedule: betas linear in square-root space.
+
+    ``betas = linspace(sqrt(beta_start), sqrt(beta_end), T) ** 2`` (``"scaled_linear"`` in diffusers).
+
+    Parameters
+    ----------
+    T : int
+        Number of diffusion steps (>= 2).
+    beta_start, beta_end : float
+        First and last beta, ``0 < beta_start <= beta_end < 1``.
+
+    Returns
+    -------
+    Schedule
+        float64 ``betas`` and ``alphas_cumprod`` of shape ``(T,)``.
+
+    Examples
+    --------
+    >>> from diffmem.schedule import scaled_linear
+    >>> s = scaled_linear()
+    >>> round(float(s.alphas_cumprod[-1]), 5)
+    0.00466
+    """
+    _check_betas(T, beta_start, beta_end)
+    return Schedule(torch.linspace(beta_start**0.5, beta_end**0.5, int(T), dtype=torch.float64) ** 2)
+
+
+def _check_betas(T: int, beta_start: float, beta_end: float) -> None:
     if int(T) != T or T < 2:
         raise ValueError(f"T must be an integer >= 2, got {T}")
     if not 0 < beta_start <= beta_end < 1:
         raise ValueError(f"need 0 < beta_start <= beta_end < 1, got {beta_start}, {beta_end}")
-    return Schedule(torch.linspace(beta_start, beta_end, int(T), dtype=torch.float64))
 
 
 def alpha_bar_from_ou_time(t: float) -> float:

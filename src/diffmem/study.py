@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import _io, report
+from . import io, report
 from .config import claim_folder, resolve_device, to_dict
 from .dynamics import TimeRules, analyze
 from .measure import EvalConfig
@@ -89,7 +89,7 @@ def write_outputs(cfg: StudyConfig, out: Path, records: dict[int, list[dict]], e
         results["elapsed_seconds"] = elapsed
     figs = report.dynamics_figures(results, out / "figures")
     figs["samples"] = _samples_figure(cfg, out, results)
-    _io.write_json(out / "results.json", results)
+    io.write_json(out / "results.json", results)
     report.write_html(results, figs, out / "report.html")
     return results
 

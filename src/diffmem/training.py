@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import _io, data, models
+from . import io, data, models
 from .config import claim_folder, resolve_device
 from .schedule import Schedule, linear, noise
 
@@ -168,7 +168,7 @@ def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
 
 
 def load_checkpoint(path: Path, cfg: TrainConfig, shape, device: str | torch.device | None = None) -> nn.Module:
-    tensors, _ = _io.load_tensors(path)
+    tensors, _ = io.load_tensors(path)
     model = models.build(cfg.model, shape, cfg.width)
     try:
         model.load_state_dict(tensors)
@@ -206,11 +206,11 @@ def train(
     # so that the caller's global RNG is left as it was.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed + 2)
-        start = _restore(_io.load_tensors(state_path)[0], model, opt, gen) if state_path.exists() else 0
+        start = _restore(io.load_tensors(state_path)[0], model, opt, gen) if state_path.exists() else 0
         log = run_dir / "train_log.jsonl"
         if start and log.exists():  # drop what was logged after the state we resume from
-            _io.atomic_write_bytes(
-                log, "".join(json.dumps(r) + "\n" for r in _io.read_jsonl(log) if r["step"] <= start).encode()
+            io.atomic_write_bytes(
+                log, "".join(json.dumps(r) + "\n" for r in io.read_jsonl(log) if r["step"] <= start).encode()
             )
         _loop(cfg, run_dir, model, opt, gen, sp, start, progress)
     return run_dir
@@ -236,13 +236,13 @@ def _loop(cfg, run_dir, model, opt, gen, sp, start, progress) -> None:
         if not math.isfinite(running):
             raise FloatingPointError(f"training diverged at step {step} (loss is not finite); lower --lr")
         if step in grid:
-            _io.save_tensors(
+            io.save_tensors(
                 run_dir / "checkpoints" / f"step_{step:07d}.safetensors", model.state_dict(), {"step": str(step)}
             )
         if step in grid or step % cfg.resume_every == 0 or step == cfg.steps:
-            _io.save_tensors(state_path, _state_tensors(step, model, opt, gen))
+            io.save_tensors(state_path, _state_tensors(step, model, opt, gen))
         if step % cfg.log_every == 0:
-            _io.append_jsonl(log_path, {"step": step, "loss": running / cfg.log_every, "time": time.time() - t0})
+            io.append_jsonl(log_path, {"step": step, "loss": running / cfg.log_every, "time": time.time() - t0})
             running = 0.0
             if progress is not None:
                 progress(step, cfg.steps)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from .. import _io
+from .. import io
 from ..sampling import Step, ddim, randn_per_sample
 from ..sampling import timesteps as _timesteps
 from .protocol import GuidedModel
@@ -130,7 +130,7 @@ class Trajectory:
         return self._x0(self.eps_g())
 
     def save(self, path: str | Path) -> Trajectory:
-        _io.save_tensors(path, {k: self._get(k) for k in self._KEYS}, {"prompt": self.prompt})
+        io.save_tensors(path, {k: self._get(k) for k in self._KEYS}, {"prompt": self.prompt})
         return Trajectory.load(path)
 
 

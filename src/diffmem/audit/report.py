@@ -234,7 +234,7 @@ def _html_table(rows: list[list[str]]) -> str:
 def write_audit_html(
     res: dict, figures: dict[str, Path], path: str | Path, title: str = "diffmem audit report"
 ) -> Path:
-    from .._io import atomic_write_bytes
+    from ..io import atomic_write_bytes
 
     cfg = res["config"]
     sev = res["severity_metric"]

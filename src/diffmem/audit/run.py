@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import _io
+from .. import io
 from ..config import claim_folder, to_dict
 from . import analysis
 from .detectors import DETECTORS, detector_costs, roc_table
@@ -250,15 +250,15 @@ def run_audit(
     for spec in tqdm(specs, desc="audit", disable=not progress):
         path = out / "prompts" / f"{spec.key}.json"
         if path.exists():
-            rec = _io.read_json(path)
+            rec = io.read_json(path)
             if rec.get("prompt") != spec.prompt or rec.get("label") != spec.label:
                 raise ValueError(
                     f"{path} holds prompt {rec.get('prompt')!r} (label {rec.get('label')!r}) but key {spec.key!r} now names "
                     f"{spec.prompt!r} (label {spec.label!r}); give prompts stable unique keys or use a new --out folder"
                 )
         else:
-            rec = _io.jsonable(_audit_prompt(model, spec, cfg, ks, seeds, severity, out))  # as read back on resume
-            _io.write_json(path, rec)
+            rec = io.jsonable(_audit_prompt(model, spec, cfg, ks, seeds, severity, out))  # as read back on resume
+            io.write_json(path, rec)
             computed += 1
         prompts.append(rec)
     return _aggregate(prompts, cfg, out, model, severity, ks, computed, t_start)
@@ -310,8 +310,8 @@ def _aggregate(
         "figures_s": now - t_fig,
         "wall_s": now - t_start,
     }
-    res = _io.jsonable(res)
-    _io.write_json(out / "audit.json", res)
+    res = io.jsonable(res)
+    io.write_json(out / "audit.json", res)
     return res
 
 

@@ -43,7 +43,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .. import _io
+from .. import io
 from ..config import claim_folder, to_dict
 from ..models import ResidualMLP
 from ..schedule import Schedule
@@ -258,7 +258,7 @@ def _train(
     state_path = folder / "state.safetensors"
     start = 0
     if state_path.exists():
-        st, _ = _io.load_tensors(state_path)
+        st, _ = io.load_tensors(state_path)
         net.load_state_dict({k[4:]: v for k, v in st.items() if k.startswith("net.")})
         state: dict[int, dict] = {}
         for k, v in st.items():
@@ -301,7 +301,7 @@ def _train(
                         tens[f"opt.{i}.{key}"] = val if isinstance(val, torch.Tensor) else torch.tensor(val)
                 tens["rng"] = gen.get_state()
                 tens["step"] = torch.tensor(step)
-                _io.save_tensors(state_path, tens)
+                io.save_tensors(state_path, tens)
             if step % 50 == 0:
                 bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
                 bar.update(50 if step - 50 >= start else step - start)
@@ -338,7 +338,7 @@ def build_testbed(
     weights = folder / "weights.safetensors"
     t0 = time.time()
     if weights.exists():
-        net.load_state_dict(_io.load_tensors(weights)[0])
+        net.load_state_dict(io.load_tensors(weights)[0])
     else:
         threads = torch.get_num_threads()
         torch.set_num_threads(1)  # small MLPs are fastest single-threaded (SCIENCE.md section 6)
@@ -346,8 +346,8 @@ def build_testbed(
             _train(cfg, folder, net, caps, x_all, progress)
         finally:
             torch.set_num_threads(threads)
-        _io.save_tensors(weights, net.state_dict(), {"seconds": f"{time.time() - t0:.1f}"})
-        _io.write_json(folder / "captions.json", [dataclasses.asdict(c) for c in caps])
+        io.save_tensors(weights, net.state_dict(), {"seconds": f"{time.time() - t0:.1f}"})
+        io.write_json(folder / "captions.json", [dataclasses.asdict(c) for c in caps])
     model = TestbedModel(net, cfg, caps, mean)
     specs = [PromptSpec(c.text, imgs[c.images[0]], c.label, key=f"{c.label}_{i:02d}") for i, c in enumerate(caps)]
     return model, specs

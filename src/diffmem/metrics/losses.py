@@ -1,4 +1,4 @@
-"""Denoising losses at a fixed diffusion time (SCIENCE.md section 2: t = 0.01, 5 noise draws)."""
+"""The denoising (eps-prediction) loss, and its value at a fixed diffusion time t (default 0.01, 5 noise draws)."""
 
 from __future__ import annotations
 
@@ -11,11 +11,49 @@ from ..schedule import Schedule, noise
 __all__ = ["eps_loss", "loss_at_time"]
 
 
-def eps_loss(model: Callable, x0: torch.Tensor, k: torch.Tensor, eps: torch.Tensor, schedule: Schedule) -> torch.Tensor:
-    """Per-example mean squared error between eps and the model's eps-prediction at steps k."""
-    ab = schedule.alphas_cumprod.to(k.device)[k]
-    pred = model(noise(x0, eps, ab), k.to(x0.dtype))
-    return ((pred - eps) ** 2).flatten(1).mean(1)
+def eps_loss(
+    denoiser: Callable,
+    x0: torch.Tensor,
+    k: torch.Tensor,
+    eps: torch.Tensor,
+    alpha_bar: torch.Tensor | Schedule,
+    *,
+    reduction: str = "none",
+) -> torch.Tensor:
+    """The denoising loss: squared error between ``eps`` and the prediction at ``x_k``.
+
+    ``x_k = sqrt(ab[k]) x0 + sqrt(1 - ab[k]) eps`` is fed to ``denoiser(x_k, k)`` (k as a float tensor
+    in ``x0``'s dtype) and compared with ``eps``. This one function is the training loss of
+    ``diffmem train``, of the audit testbed and the loss the metrics report at a fixed time.
+
+    Parameters
+    ----------
+    denoiser : callable
+        ``(x, t) -> eps_hat`` with ``x`` of shape ``(B, ...)`` and ``t`` of shape ``(B,)``.
+    x0 : torch.Tensor
+        Clean examples, shape ``(B, ...)``.
+    k : torch.Tensor
+        Integer step indices, shape ``(B,)`` (any device: moved to ``x0``'s).
+    eps : torch.Tensor
+        The noise, shape of ``x0``.
+    alpha_bar : torch.Tensor or Schedule
+        ``alphas_cumprod`` of shape ``(T,)`` (indexed by ``k``), or a :class:`~diffmem.schedule.Schedule`.
+    reduction : {"none", "mean"}
+        ``"none"``: the mean over each example's entries, shape ``(B,)``; ``"mean"``: the mean over
+        every entry, a scalar (the training objective).
+
+    Returns
+    -------
+    torch.Tensor
+        Per-example losses ``(B,)`` or a scalar, in ``x0``'s dtype.
+    """
+    if reduction not in ("none", "mean"):
+        raise ValueError(f"reduction must be 'none' or 'mean', got {reduction!r}")
+    ab_all = alpha_bar.alphas_cumprod if isinstance(alpha_bar, Schedule) else alpha_bar
+    ab = ab_all.to(k.device)[k]
+    pred = denoiser(noise(x0, eps, ab), k.to(x0.device, x0.dtype))
+    err = (pred - eps) ** 2
+    return err.mean() if reduction == "mean" else err.flatten(1).mean(1)
 
 
 @torch.no_grad()

@@ -133,9 +133,7 @@ def eigensystem_dense(
     )
 
 
-def eigensystem_gaussian_equivalent(
-    problem: RFProblem, constants: RFConstants | None = None, seed=None
-) -> EigenSystem:
+def eigensystem_gaussian_equivalent(problem: RFProblem, constants: RFConstants | None = None, seed=None) -> EigenSystem:
     """Gaussian-equivalent train U = s2 I + Z Z^T (low rank), population U_pop = (alpha sigma_x^2 + b^2) W W^T/d + (v^2 + s^2) I,
     V = V_pop = b W / sqrt d. Only the n + d directions spanned by Z matter (V lies in that span): O(p (n+d)^2)."""
     c = constants or problem.constants()
@@ -152,9 +150,7 @@ def eigensystem_gaussian_equivalent(
     )
 
 
-def gaussian_equivalent_curves(
-    problem: RFProblem, taus, constants: RFConstants | None = None, seed=None
-) -> LossCurves:
+def gaussian_equivalent_curves(problem: RFProblem, taus, constants: RFConstants | None = None, seed=None) -> LossCurves:
     """Closed-form curves for the Gaussian-equivalent model of this draw (fast: no p x p matrix)."""
     c = constants or problem.constants()
     t0 = time.perf_counter()

@@ -19,35 +19,7 @@ __all__ = [
     "run_dynamics",
     "run_phase",
     "run_spectrum",
-    "write_json_atomic",
 ]
-
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return _jsonable(obj.tolist())
-    if isinstance(obj, (float, np.floating)):
-        v = float(obj)
-        return v if math.isfinite(v) else ("inf" if v == math.inf else None)
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, np.bool_):
-        return bool(obj)
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
-
-
-def write_json_atomic(path, obj) -> str:
-    """JSON written atomically through :func:`diffmem._io.write_json` (infinite times kept as the string "inf")."""
-    from diffmem._io import write_json
-
-    write_json(path, _jsonable(obj))
-    return str(path)
 
 
 def _positive(name, v):
@@ -140,7 +112,9 @@ class PhaseConfig:
 
 
 def config_dict(cfg) -> dict:
-    return _jsonable(asdict(cfg))
+    from ..io import jsonable
+
+    return jsonable(asdict(cfg))
 
 
 # --------------------------------------------------------------------------------------------------- spectrum
@@ -211,7 +185,9 @@ def run_spectrum(cfg: SpectrumConfig, out: Path | None = None, plot: bool = Fals
             "ks_distance": _ks(res, rest),
         }
     if out is not None:
-        write_json_atomic(Path(out) / "spectrum.json", result)
+        from ..io import write_json
+
+        write_json(Path(out) / "spectrum.json", result)
         if plot:
             from .plots import plot_spectrum
 
@@ -310,7 +286,9 @@ def run_dynamics(
         },
     }
     if out is not None:
-        write_json_atomic(Path(out) / "dynamics.json", result)
+        from ..io import write_json
+
+        write_json(Path(out) / "dynamics.json", result)
         if plot:
             from .plots import plot_dynamics
 
@@ -359,7 +337,9 @@ def run_phase(
         fits.append(fit_power_law(np.asarray(cfg.psi_p)[ok], bnd[i][ok]) if ok.sum() >= 2 else None)
     result["boundary_fit_vs_psi_p"] = fits
     if out is not None:
-        write_json_atomic(Path(out) / "phase.json", result)
+        from ..io import write_json
+
+        write_json(Path(out) / "phase.json", result)
         if plot:
             from .plots import plot_phase
 

@@ -213,9 +213,7 @@ def marchenko_pastur_density(x: np.ndarray, ratio: float, scale: float = 1.0) ->
     return out / scale
 
 
-def asymptotic_spectrum(
-    constants: RFConstants, psi_p: float, psi_n: float, lambdas: np.ndarray | None = None
-) -> dict:
+def asymptotic_spectrum(constants: RFConstants, psi_p: float, psi_n: float, lambdas: np.ndarray | None = None) -> dict:
     """The law of Theorem 3.2 (psi_p > psi_n >> 1, Sigma = sigma_x^2 I).
 
     * a delta peak at s_t^2 of weight 1 - (1 + psi_n)/psi_p;

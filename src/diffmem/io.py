@@ -10,16 +10,22 @@ import json
 import math
 import os
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import sys
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = [
     "append_jsonl",
     "atomic_write_bytes",
+    "float_or_none",
     "jsonable",
     "load_tensors",
     "read_json",
@@ -46,25 +52,42 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 
 
 def jsonable(obj: Any) -> Any:
-    """Convert tensors, numpy values, tuples and non-finite floats (-> None) to plain JSON types."""
+    """Plain JSON types for tensors, numpy values, tuples, paths and dataclasses with ``to_dict()``.
+
+    One convention for non-finite numbers everywhere in diffmem's files: ``+inf`` is written as the
+    string ``"inf"``, ``-inf`` as ``"-inf"`` (an infinite training time is a value, not a gap) and
+    NaN as ``null`` (a quantity that was not measured). :func:`float_or_none` reads them back.
+    """
     if isinstance(obj, Mapping):
         return {str(k): jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return [jsonable(v) for v in obj]
-    if isinstance(obj, torch.Tensor):
+    if hasattr(obj, "to_dict") and callable(obj.to_dict):
+        return jsonable(obj.to_dict())
+    torch_ = sys.modules.get("torch")  # a tensor can only exist if torch is loaded: never import it here
+    if torch_ is not None and isinstance(obj, torch_.Tensor):
         return jsonable(obj.detach().cpu().tolist())
     if isinstance(obj, np.ndarray):
         return jsonable(obj.tolist())
+    if isinstance(obj, (bool, np.bool_)):
+        return bool(obj)
     if isinstance(obj, (np.floating, float)):
         v = float(obj)
-        return v if math.isfinite(v) else None
-    if isinstance(obj, (np.integer,)):
+        if math.isfinite(v):
+            return v
+        return None if math.isnan(v) else ("inf" if v > 0 else "-inf")
+    if isinstance(obj, np.integer):
         return int(obj)
-    if isinstance(obj, (np.bool_,)):
-        return bool(obj)
     if isinstance(obj, Path):
         return str(obj)
     return obj
+
+
+def float_or_none(v: Any) -> float | None:
+    """Inverse of :func:`jsonable` for one number: ``"inf"``/``"-inf"`` become infinities, ``None`` stays."""
+    if v is None:
+        return None
+    return float(v)
 
 
 def write_json(path: str | Path, obj: Any) -> None:
@@ -145,10 +168,6 @@ def save_npz(path: str | Path, **arrays: Any) -> None:
 
     buf = io.BytesIO()
     np.savez_compressed(
-        buf, **{k: np.asarray(v.detach().cpu() if isinstance(v, torch.Tensor) else v) for k, v in arrays.items()}
+        buf, **{k: np.asarray(v.detach().cpu() if hasattr(v, "detach") else v) for k, v in arrays.items()}
     )
     atomic_write_bytes(path, buf.getvalue())
-
-
-def iter_files(folder: str | Path, pattern: str) -> Iterator[Path]:
-    return iter(sorted(Path(folder).glob(pattern)))
