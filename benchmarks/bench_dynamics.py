@@ -23,7 +23,7 @@ def step_speed(threads: int, n: int = 256, width: int = 256, steps: int = 200) -
     """Milliseconds per training step of the default MLP (full batch of n digits)."""
     import tempfile
 
-    from diffmem.training import TrainConfig, train
+    from diffmem.dynamics.training import TrainConfig, train
 
     torch.set_num_threads(threads)
     with tempfile.TemporaryDirectory() as d:
@@ -44,7 +44,7 @@ def main() -> None:
     rec["ms_per_step_1_thread"] = step_speed(1)
     rec["ms_per_step_2_threads"] = step_speed(2)
     if not args.skip_study:
-        from diffmem.study import StudyConfig, run_study
+        from diffmem.dynamics.study import StudyConfig, run_study
 
         t = time.perf_counter()
         res = run_study(StudyConfig(), out / "study", show_progress=False)

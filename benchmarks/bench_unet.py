@@ -4,7 +4,7 @@
                                     [--min-seconds 3] [--json runs/bench_unet.json]
 
 One step = draw steps k and noise, eps-prediction MSE, backward, Adam update (the loop of
-``diffmem.training``), on random 1-channel images of the given size. Each configuration runs two
+``diffmem.dynamics.training``), on random 1-channel images of the given size. Each configuration runs two
 warm-up steps, then steps until ``--min-seconds`` have passed (at least 3 steps) and reports the
 median step time (robust to other processes sharing the CPU). Prints a table (and writes it as JSON
 with ``--json``).

@@ -10,15 +10,16 @@ import numpy as np
 import pytest
 import torch
 
-from diffmem.audit import analysis
+from diffmem import io, sampling
+from diffmem.audit import analysis, recorder
 from diffmem.audit.detectors import detector_costs, roc_table, tpr_at_fpr
 from diffmem.audit.mitigation import guidance_schedule, mitigation_table
-from diffmem.audit.protocol import GuidedModel, PromptSpec
-from diffmem.audit.recorder import Trajectory, prompt_seeds, record
-from diffmem.audit.run import AuditConfig, run_audit
+from diffmem.audit.protocol import PromptSpec
+from diffmem.audit.recorder import Trajectory, prompt_seeds, record, sample_final
+from diffmem.audit.run import AuditConfig, AuditResult, run_audit
 from diffmem.audit.severity import PixelCosine
-from diffmem.audit.testbed import scaled_linear
 from diffmem.sampling import ddim, guided, randn_per_sample, timesteps
+from diffmem.schedule import scaled_linear
 
 SHAPE = (1, 4, 4)
 
@@ -67,9 +68,25 @@ def _specs(n_mem=3, n_norm=3, n_part=0):
     return model, specs
 
 
-def test_planted_model_is_a_guided_model():
-    model, _ = _specs(1, 1)
-    assert isinstance(model, GuidedModel)
+def test_planted_model_behaves_as_planted():
+    # the analytic model the other tests rely on: exact x0 estimates from both branches, one call per batch
+    model, specs = _specs(1, 1)
+    mem, norm = specs[0].prompt, specs[1].prompt
+    x = torch.randn(3, *SHAPE, generator=torch.Generator().manual_seed(0))
+    k = torch.tensor([900, 500, 10])
+    ab = model.schedule.alphas_cumprod[k].reshape(-1, 1, 1, 1)
+
+    def x0_of(eps):
+        return (x.double() - (1 - ab).sqrt() * eps.double()) / ab.sqrt()
+
+    eps_c, eps_u = model.predict(x, k.float(), mem)
+    assert eps_c.shape == eps_u.shape == x.shape and model.calls == [(mem, 3)]
+    torch.testing.assert_close(x0_of(eps_c), model.targets[mem].expand(3, *SHAPE), atol=1e-4, rtol=0)
+    torch.testing.assert_close(x0_of(eps_u), torch.zeros(3, *SHAPE, dtype=torch.float64), atol=1e-4, rtol=0)
+    eps_c, eps_u = model.predict(x, k.float(), norm)
+    torch.testing.assert_close(eps_c, eps_u, rtol=0, atol=0)  # a normal prompt: no conditional signal
+    img = specs[0].image[None]
+    torch.testing.assert_close(model.decode(model.encode(img)), img, rtol=0, atol=1e-6)
 
 
 # ------------------------------------------------------------------------------------- recorder
@@ -80,8 +97,13 @@ def test_record_matches_ddim_with_cfg_and_calls_model_once_per_step():
     seeds = [3, 4, 5]
     traj = record(model, p, seeds, ks, guidance=7.5)
     assert model.calls == [(p, 3)] * 10  # one batched call (both branches) per step
-    cond = lambda x, t: model.predict(x, t, p)[0]  # noqa: E731
-    unc = lambda x, t: model.predict(x, t, p)[1]  # noqa: E731
+
+    def cond(x, t):
+        return model.predict(x, t, p)[0]
+
+    def unc(x, t):
+        return model.predict(x, t, p)[1]
+
     ref = ddim(guided(cond, unc, 7.5), randn_per_sample(seeds, SHAPE), model.schedule, ks=ks)
     torch.testing.assert_close(traj.x_final, ref)
     torch.testing.assert_close(traj.x_T, randn_per_sample(seeds, SHAPE))
@@ -102,8 +124,46 @@ def test_trajectory_round_trip_on_disk(tmp_path):
     for k in Trajectory._KEYS:
         torch.testing.assert_close(getattr(back, k), getattr(traj, k))
     assert back.prompt == specs[0].prompt
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(FileNotFoundError, match="no recorded trajectory at"):
         Trajectory.load(tmp_path / "missing.safetensors")
+
+
+def test_recorder_guides_with_sampling_cfg_mix(monkeypatch):
+    """The guided prediction is diffmem.sampling.cfg_mix, once per step, with the step's scale."""
+    assert recorder.cfg_mix is sampling.cfg_mix
+    seen = []
+
+    def spy(eps_u, eps_c, scale):
+        seen.append(scale if isinstance(scale, float) else "tensor")
+        return sampling.cfg_mix(eps_u, eps_c, scale)
+
+    monkeypatch.setattr(recorder, "cfg_mix", spy)
+    model, specs = _specs(1, 1)
+    p = specs[0].prompt
+    ks = timesteps(model.schedule, 6)
+    scales = [0.0, -1.0, 7.5, 7.5, 7.5, 7.5]
+    traj = record(model, p, [0, 1], ks, scales)
+    assert seen == scales
+    seen.clear()
+    final = sample_final(model, p, [0, 1], ks, scales)
+    assert seen == scales
+    torch.testing.assert_close(final, traj.x_final, rtol=0, atol=0)
+    # the stored guided prediction is the same mix of the stored branches (float64)
+    g = torch.tensor(scales, dtype=torch.float64).reshape(-1, 1, 1, 1, 1)
+    want = sampling.cfg_mix(traj.eps_u.double(), traj.eps_c.double(), g)
+    torch.testing.assert_close(traj.eps_g(), want, rtol=1e-15, atol=0)
+    # and the recorded latents are those of DDIM guided by that mix (float32), step by step
+    x_prev = []
+
+    def guided_eps(x, t):
+        eps_c, eps_u = model.predict(x, t, p)
+        return sampling.cfg_mix(eps_u, eps_c, scales[len(x_prev)])
+
+    ddim(
+        guided_eps, randn_per_sample([0, 1], SHAPE), model.schedule, ks=ks, observer=lambda st: x_prev.append(st.x_prev)
+    )
+    torch.testing.assert_close(torch.stack(x_prev[:-1]), traj.x[1:], rtol=0, atol=0)
+    torch.testing.assert_close(x_prev[-1], traj.x_final, rtol=0, atol=0)
 
 
 # ------------------------------------------------------------------------------------- analyses
@@ -179,7 +239,7 @@ def test_deviations_vanish_on_the_theoretical_schedule():
     rng = np.random.default_rng(2)
     x, xT = rng.normal(size=(1, 4, 4)), rng.normal(size=(5, 1, 4, 4))
     xs = np.sqrt(ab)[:, None, None, None, None] * x + np.sqrt(1 - ab)[:, None, None, None, None] * xT[None]
-    w0, wT, rmse = analysis.decompose(torch.tensor(xs), torch.tensor(x), torch.tensor(xT))
+    w0, wT, _ = analysis.decompose(torch.tensor(xs), torch.tensor(x), torch.tensor(xT))
     d1, d2 = analysis.deviations(w0, wT, ab)
     assert d1 == pytest.approx(0, abs=1e-10) and d2 == pytest.approx(0, abs=1e-10)
     # shifting w0 up by 0.1 at every step gives D1 = 0.1 * steps
@@ -301,7 +361,7 @@ def test_pixel_cosine_is_pearson_correlation_of_pixels():
     # RGB generated vs grayscale reference at another size: grayscale + resize
     rgb = ref.repeat(3, 1, 1).float().repeat_interleave(2, -1).repeat_interleave(2, -2)[None]
     assert PixelCosine()(rgb, ref)[0] > 0.9
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"threshold must lie in \[-1, 1\], got 2.0"):
         PixelCosine(threshold=2.0)
 
 
@@ -310,9 +370,9 @@ def test_guidance_schedules_and_mitigation_table():
     assert guidance_schedule("conditional_only", 7.5, 3) == [1.0] * 3
     assert guidance_schedule("no_early_guidance", 7.5, 5, 2, 0.0) == [0.0, 0.0, 7.5, 7.5, 7.5]
     assert guidance_schedule("negative_early_guidance", 7.5, 3, 1, -1.0) == [-1.0, 7.5, 7.5]
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="unknown guidance schedule 'bogus'"):
         guidance_schedule("bogus", 7.5, 3)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"transition must be in \[0, 3\], got 4"):
         guidance_schedule("constant", 7.5, 3, 4)
     prompts = [
         {"label": "memorized", "mitigation": {"constant": {"severity": [1.0, 0.8], "fidelity": [1.0, 0.0]}}},
@@ -329,7 +389,7 @@ def _small_cfg(**kw):
 
 
 def _strip(res):
-    res = json.loads(json.dumps(res))
+    res = res.to_dict()
     res.pop("timings")
     for p in res["prompts"]:
         p.pop("seconds")
@@ -339,7 +399,8 @@ def _strip(res):
 def test_run_audit_on_planted_models(tmp_path):
     model, specs = _specs(3, 3, 2)
     res = run_audit(model, specs, _small_cfg(), tmp_path / "a", progress=False)
-    by = {p["key"]: p for p in res["prompts"]}
+    assert isinstance(res, AuditResult)
+    by = {p["key"]: p for p in res.prompts}
     for k in ("m0", "m1", "m2"):
         assert by[k]["overestimation_a"] == pytest.approx(7.5, rel=1e-3)
         assert by[k]["severity"] > 0.8  # guided x0 = 7.5 x, clamped to [0, 1]: the same pattern, saturated
@@ -347,9 +408,9 @@ def test_run_audit_on_planted_models(tmp_path):
     for k in ("n0", "n1", "n2"):
         assert by[k]["overestimation_a"] == pytest.approx(0.0, abs=1e-4)
         assert by[k]["severity"] == 0.0  # x0 = mu = mid-gray: no pattern at all
-    assert res["detectors"]["overestimation_a"]["auroc"] == 1.0
-    assert res["detectors"]["overestimation_a"]["n_pos"] == 3 and res["detectors_with_partial"]["D1"]["n_pos"] == 5
-    assert set(res["mitigation"]) == {"constant", "conditional_only", "no_early_guidance", "negative_early_guidance"}
+    assert res.detectors["overestimation_a"]["auroc"] == 1.0
+    assert res.detectors["overestimation_a"]["n_pos"] == 3 and res.detectors_with_partial["D1"]["n_pos"] == 5
+    assert set(res.mitigation) == {"constant", "conditional_only", "no_early_guidance", "negative_early_guidance"}
     for f in (
         "audit.json",
         "report.html",
@@ -363,10 +424,35 @@ def test_run_audit_on_planted_models(tmp_path):
         assert (tmp_path / "a" / f).is_file(), f
     html = (tmp_path / "a" / "report.html").read_text()
     assert "data:image/png;base64," in html
-    assert json.loads((tmp_path / "a" / "audit.json").read_text())["summary"]["memorized"]["prompts"] == 3
+    saved = json.loads((tmp_path / "a" / "audit.json").read_text())
+    assert saved["summary"]["memorized"]["prompts"] == 3
+    # audit.json is exactly the result's to_dict(), which reads back into an equal result
+    assert saved == res.to_dict()
+    assert list(saved) == [
+        "config",
+        "model",
+        "severity_metric",
+        "timesteps",
+        "seeds",
+        "summary",
+        "detectors",
+        "detectors_with_partial",
+        "correlations",
+        "mitigation",
+        "mean_curves",
+        "prompts",
+        "timings",
+    ]
+    assert AuditResult.from_dict(saved) == res
+    # the result cannot be changed through what to_dict() hands out
+    d = res.to_dict()
+    d["summary"]["memorized"]["prompts"] = -1
+    assert res.summary["memorized"]["prompts"] == 3
+    with pytest.raises(ValueError, match=r"not an audit result: missing \['timings'\]"):
+        AuditResult.from_dict({k: v for k, v in saved.items() if k != "timings"})
 
 
-class _Interrupt(Exception):
+class _InterruptError(Exception):
     pass
 
 
@@ -381,7 +467,7 @@ class _Breaking:
         if prompt not in self.seen:
             self.seen.append(prompt)
         if len(self.seen) > self.limit:
-            raise _Interrupt
+            raise _InterruptError
         return self.m.predict(x, t, prompt)
 
     def encode(self, p):
@@ -398,13 +484,13 @@ def test_resume_after_interruption_gives_the_same_results(tmp_path):
     broken = _Breaking(model, 2)
     broken.to_dict = lambda: {"kind": "Planted"}
     model.to_dict = lambda: {"kind": "Planted"}
-    with pytest.raises(_Interrupt):
+    with pytest.raises(_InterruptError):
         run_audit(broken, specs, cfg, tmp_path / "resume", progress=False)
     assert sorted(p.name for p in (tmp_path / "resume" / "prompts").glob("*.json")) == ["m0.json", "m1.json"]
     model.calls.clear()
     res = run_audit(model, specs, cfg, tmp_path / "resume", progress=False)
     assert {p for p, _ in model.calls} == {s.prompt for s in specs[2:]}  # finished prompts not recomputed
-    assert res["timings"]["prompts_reused"] == 2 and res["timings"]["prompts_computed"] == 4
+    assert res.timings["prompts_reused"] == 2 and res.timings["prompts_computed"] == 4
     a, b = _strip(full), _strip(res)
     a["model"], b["model"] = {}, {}
     assert a == b
@@ -414,16 +500,18 @@ def test_bad_input_is_refused(tmp_path):
     model, specs = _specs(1, 1)
     with pytest.raises(ValueError, match="no prompts"):
         run_audit(model, [], _small_cfg(), tmp_path / "x", progress=False)
-    for bad in (
-        {"guidance": -1.0},
-        {"guidance": 51.0},
-        {"steps": 0},
-        {"steps": 1001},
-        {"seeds": 1},
-        {"first_steps": 7},
-        {"mitigation_transition": 1.5},
+    for bad, message in (
+        ({"guidance": -1.0}, r"guidance must lie in \[0, 50\]"),
+        ({"guidance": 51.0}, r"guidance must lie in \[0, 50\]"),
+        ({"steps": 0}, r"steps must be an integer in \[1, 1000\], got 0"),
+        ({"steps": 1001}, r"steps must be an integer in \[1, 1000\], got 1001"),
+        ({"seeds": 1}, "seeds must be an integer >= 2"),
+        ({"first_steps": 7}, r"first_steps must be in \[1, steps=6\], got 7"),
+        ({"converge_step": 0}, r"converge_step must be in \[1, steps=6\]"),
+        ({"mitigation_transition": 1.5}, r"mitigation transition is a fraction of the steps in \[0, 1\], got 1.5"),
+        ({"spacing": "uniform"}, "spacing must be 'leading', 'trailing' or 'linspace'"),
     ):
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match=message):
             run_audit(model, specs, _small_cfg(**bad), tmp_path / "x", progress=False)
     with pytest.raises(ValueError, match="unique"):
         run_audit(model, [specs[0], specs[0]], _small_cfg(), tmp_path / "x", progress=False)
@@ -445,10 +533,55 @@ def test_cli_dry_run_and_errors(capsys):
     assert plan["audit"]["steps"] == 20 and plan["audit"]["guidance"] == 3.0 and plan["model"] == "testbed"
     assert plan["testbed"]["steps"] > 0
     assert main(["audit", "--dry-run", "--guidance", "-1"]) == 2
-    assert "guidance" in capsys.readouterr().err
+    assert (
+        "error: guidance must lie in [0, 50] (Stable Diffusion's default is 7.5), got -1.0" in capsys.readouterr().err
+    )
     assert main(["audit", "--dry-run", "--steps", "0"]) == 2
+    assert "error: steps must be an integer in [1, 1000], got 0" in capsys.readouterr().err
+    assert main(["audit", "--dry-run", "--testbed-width", "0"]) == 2
+    assert "error: width must be a positive integer, got 0" in capsys.readouterr().err
     assert main(["audit", "--model", "/no/such/folder", "--manifest", "m.csv", "--out", "/tmp/unused"]) == 2
-    assert "not a folder" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "--model must be 'testbed' or a local diffusers pipeline folder; /no/such/folder is not a folder" in err
+    assert main(["audit", "--manifest", "m.csv", "--out", "/tmp/unused"]) == 2
+    assert "--manifest is for a pipeline folder; the testbed brings its own prompts" in capsys.readouterr().err
+
+
+def test_cli_keeps_every_flag_name(capsys):
+    """Every flag of the audit command keeps its name, and lands in the configuration field it names."""
+    from diffmem.cli import main
+
+    argv = ["audit", "--dry-run", "--quiet", "--model", "testbed", "--out", "/tmp/unused", "--seed", "3"]
+    argv += ["--guidance", "2.5", "--steps", "12", "--seeds", "3", "--first-steps", "2", "--converge-step", "5"]
+    argv += ["--n-boot", "7", "--transition", "0.5", "--early-scale", "0.25", "--negative-scale", "-2"]
+    argv += ["--no-mitigation", "--no-trajectories", "--testbed-steps", "40", "--testbed-width", "16"]
+    argv += ["--device", "cpu", "--threads", "1"]
+    assert main(argv) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["audit"] == {
+        "guidance": 2.5,
+        "steps": 12,
+        "seeds": 3,
+        "seed": 3,
+        "first_steps": 2,
+        "converge_step": 5,
+        "spacing": "leading",
+        "n_boot": 7,
+        "mitigation": False,
+        "mitigation_transition": 0.5,
+        "mitigation_early_scale": 0.25,
+        "mitigation_negative_scale": -2.0,
+        "save_trajectories": False,
+    }
+    assert (plan["testbed"]["steps"], plan["testbed"]["width"], plan["testbed"]["seed"]) == (40, 16, 3)
+    assert (plan["model"], plan["out"], plan["device"]) == ("testbed", "/tmp/unused", "cpu")
+    # without flags: the configurations' own defaults
+    assert main(["audit", "--dry-run"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    from diffmem.audit.testbed import TestbedConfig
+    from diffmem.config import to_dict
+
+    assert plan["audit"] == to_dict(AuditConfig()) and plan["testbed"] == to_dict(TestbedConfig())
 
 
 def test_cli_end_to_end_on_a_tiny_testbed(tmp_path, capsys):
@@ -490,7 +623,7 @@ def test_testbed_is_deterministic_and_reused(tmp_path):
     m2, _ = build_testbed(tmp_path / "b", seed=3, progress=False, config=cfg)
     for k, v in m1.net.state_dict().items():
         torch.testing.assert_close(v, m2.net.state_dict()[k], rtol=0, atol=0)
-    m3, specs3 = build_testbed(tmp_path / "a", seed=3, progress=False, config=cfg)  # reuse
+    _, specs3 = build_testbed(tmp_path / "a", seed=3, progress=False, config=cfg)  # reuse
     assert [s.prompt for s in specs3] == [s.prompt for s in specs]
     labels = [s.label for s in specs]
     assert labels.count("memorized") == 12 and labels.count("partial") == 12 and labels.count("normal") == 30
@@ -525,8 +658,24 @@ def test_testbed_training_resumes_exactly(tmp_path, monkeypatch):
     monkeypatch.setattr(testbed, "_lr", breaking_lr)
     with pytest.raises(KeyboardInterrupt):
         testbed.build_testbed(tmp_path / "cut", progress=False, config=cfg)
-    assert not (tmp_path / "cut" / "weights.safetensors").exists() and (tmp_path / "cut" / "state.safetensors").exists()
+    assert not (tmp_path / "cut" / "weights.safetensors").exists()
+    # the state of step 20 (the last multiple of resume_every): model, optimizer and the loop's generator only
+    st, _ = io.load_tensors(tmp_path / "cut" / "state.safetensors")
+    assert int(st["step"]) == 20 and "rng.loop" in st and "rng.torch" not in st
+    assert {k.split(".")[0] for k in st} == {"model", "optim", "rng", "step"}
     monkeypatch.setattr(testbed, "_lr", real_lr)
     resumed, _ = testbed.build_testbed(tmp_path / "cut", progress=False, config=cfg)
     for k, v in ref.net.state_dict().items():
         torch.testing.assert_close(resumed.net.state_dict()[k], v, rtol=0, atol=0)
+
+
+def test_testbed_refuses_a_training_state_of_an_older_layout(tmp_path):
+    from diffmem.audit.testbed import TestbedConfig, build_testbed
+
+    folder = tmp_path / "old"
+    folder.mkdir()
+    old = {"net.w": torch.zeros(2), "opt.0.step": torch.tensor(3.0), "rng": torch.Generator().get_state()}
+    io.save_tensors(folder / "state.safetensors", {**old, "step": torch.tensor(10)})
+    cfg = TestbedConfig(steps=20, width=8, resume_every=10)
+    with pytest.raises(ValueError, match=r"state\.safetensors was written by an older diffmem.*delete it"):
+        build_testbed(folder, progress=False, config=cfg)

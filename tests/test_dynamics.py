@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from diffmem.dynamics import TimeRules, analyze, collapse, fit_scaling, tau_gen, tau_mem, tau_test_min
+from diffmem.dynamics.timescales import TimeRules, analyze, analyze_run, collapse, fit_scaling, tau_gen, tau_mem, tau_test_min
 
 
 def test_tau_mem_interpolates_the_lower_bound_in_log_time():
@@ -39,13 +39,13 @@ def test_scaling_fit_recovers_a_planted_power_law():
     ns = np.array([16, 32, 64, 128, 256])
     taus = 80 * ns**1.0 * np.exp(rng.normal(0, 0.05, ns.size))
     fit = fit_scaling(ns, taus)
-    assert fit["exponent"] == pytest.approx(1.0, abs=0.1)
-    assert fit["exponent_ci"][0] < 1.0 < fit["exponent_ci"][1]
-    assert fit["r2"] > 0.98
-    assert fit["tau_mem_over_n"] == pytest.approx(80, rel=0.1)
+    assert fit.exponent == pytest.approx(1.0, abs=0.1)
+    assert fit.exponent_ci[0] < 1.0 < fit.exponent_ci[1]
+    assert fit.r2 > 0.98
+    assert fit.tau_mem_over_n == pytest.approx(80, rel=0.1)
     exact = fit_scaling([10, 100, 1000], [5, 50, 500])
-    assert exact["exponent"] == pytest.approx(1.0) and exact["r2"] == pytest.approx(1.0)
-    assert fit_scaling([10, 20], [None, 3])["exponent"] is None  # one point: no fit
+    assert exact.exponent == pytest.approx(1.0) and exact.r2 == pytest.approx(1.0)
+    assert fit_scaling([10, 20], [None, 3]).exponent is None  # one point: no fit
 
 
 def _curve(n, scale_with_n=True):
@@ -66,18 +66,18 @@ def _curve(n, scale_with_n=True):
 
 
 def test_collapse_ratio_detects_tau_over_n_scaling():
-    runs = [dict(n=n, curve=_curve(n)) for n in (16, 64, 256)]
+    runs = [analyze_run(n, _curve(n)) for n in (16, 64, 256)]
     c = collapse(runs)
-    assert c["spread_vs_tau_over_n"] < 5e-3 and c["ratio"] < 0.05
-    runs = [dict(n=n, curve=_curve(n, scale_with_n=False)) for n in (16, 64, 256)]
-    assert collapse(runs)["ratio"] > 1
+    assert c.spread_vs_tau_over_n < 5e-3 and c.ratio < 0.05
+    runs = [analyze_run(n, _curve(n, scale_with_n=False)) for n in (16, 64, 256)]
+    assert collapse(runs).ratio > 1
 
 
 def test_analyze_end_to_end_on_planted_runs():
     res = analyze([(n, _curve(n)) for n in (16, 32, 64, 128)])
-    assert res["fit"]["exponent"] == pytest.approx(1.0, abs=0.02)
-    assert res["tau_gen_spread"] == pytest.approx(1.0, abs=0.05)
-    assert [r["n"] for r in res["runs"]] == [16, 32, 64, 128]
+    assert res.fit.exponent == pytest.approx(1.0, abs=0.02)
+    assert res.tau_gen_spread == pytest.approx(1.0, abs=0.05)
+    assert [r.n for r in res.runs] == [16, 32, 64, 128]
     assert tau_test_min([1, 2, 3], [3.0, 1.0, 2.0]) == 2
 
 

@@ -28,7 +28,7 @@ from diffmem.theory import (
     simulate_gd,
     spectral_density,
 )
-from diffmem.theory.dynamics import quadratic_losses
+from diffmem.theory.gradient_flow import quadratic_losses
 from diffmem.theory.simulation import RFProblem
 
 

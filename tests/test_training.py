@@ -10,7 +10,7 @@ import torch
 
 from diffmem import io as dio
 from diffmem.models import ResidualMLP, mlp_param_count
-from diffmem.training import TrainConfig, checkpoint_steps, list_checkpoints, load_checkpoint, train
+from diffmem.dynamics.training import TrainConfig, checkpoint_steps, list_checkpoints, load_checkpoint, train
 
 
 @pytest.mark.parametrize("d,w", [(8, 128), (64, 256), (3, 7)])

@@ -4,7 +4,8 @@ A *denoiser* is any callable ``denoiser(x, t) -> eps`` where ``t`` is a float te
 ``(batch,)`` holding discrete step indices in ``[0, T)``. What to record is declared by the caller
 through ``observer``: it is called once per step with a :class:`Step` and must not modify tensors.
 
-The DDIM update follows SCIENCE.md section 1 and agrees with ``diffusers.DDIMScheduler``
+The DDIM update (eta = 0) is ``x0_hat = (x_k - sqrt(1 - ab_k) eps_hat) / sqrt(ab_k)``,
+``x_{k'} = sqrt(ab_{k'}) x0_hat + sqrt(1 - ab_{k'}) eps_hat``; it agrees with ``diffusers.DDIMScheduler``
 (``timestep_spacing="leading"``, ``set_alpha_to_one=True``, ``clip_sample=False``, eta = 0).
 """
 
@@ -102,8 +103,38 @@ def ddim(
 ) -> torch.Tensor:
     """Deterministic DDIM (eta = 0) from ``x_T``; returns the final x0 estimate.
 
-    ``x_{k'} = sqrt(ab_{k'}) x0_hat + sqrt(1 - ab_{k'}) eps_hat``, with ``ab_{-1} = 1`` at the last step.
-    Pass ``ks`` to use explicit descending step indices instead of ``steps``/``spacing``.
+    At each used step k (next step k'): ``x0_hat = (x_k - sqrt(1 - ab_k) eps_hat) / sqrt(ab_k)`` and
+    ``x_{k'} = sqrt(ab_{k'}) x0_hat + sqrt(1 - ab_{k'}) eps_hat``, with ``ab = 1`` after the last
+    step. Agrees with ``diffusers.DDIMScheduler`` (eta 0, ``set_alpha_to_one=True``, no clipping).
+
+    Parameters
+    ----------
+    denoiser : callable
+        ``denoiser(x, t) -> eps_hat``: x of shape ``(B, ...)``, t a float tensor ``(B,)`` of step indices.
+    x_T : torch.Tensor, shape (B, ...)
+        Initial noise (floating point; its device and dtype are kept).
+    schedule : Schedule
+        The noise schedule the denoiser was trained with.
+    steps : int
+        Number of sampler steps, spaced by ``spacing`` ("leading", "trailing" or "linspace").
+    observer : callable, optional
+        Called with a :class:`Step` after every update (to record trajectories).
+    ks : sequence of int, optional
+        Explicit descending step indices, instead of ``steps``/``spacing``.
+
+    Returns
+    -------
+    torch.Tensor
+        The samples, shape and dtype of ``x_T``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from diffmem import schedule, sampling
+    >>> s = schedule.linear()
+    >>> x0 = sampling.ddim(lambda x, t: torch.zeros_like(x), torch.ones(2, 3), s, steps=10)
+    >>> x0.shape
+    torch.Size([2, 3])
     """
     _check(x_T, schedule)
     ks = list(ks) if ks is not None else timesteps(schedule, steps, spacing)
@@ -136,6 +167,26 @@ def ddpm(
 
     With ``steps < T`` the per-step beta is ``1 - ab_k / ab_{k'}`` between consecutive used steps.
     The fresh noise comes from ``generator``; it is not added at the last step.
+
+    Parameters
+    ----------
+    denoiser : callable
+        ``denoiser(x, t) -> eps_hat`` as for :func:`ddim`.
+    x_T : torch.Tensor, shape (B, ...)
+        Initial noise.
+    schedule : Schedule
+        The noise schedule.
+    steps : int, optional
+        Sampler steps (default: all T).
+    generator : torch.Generator, optional
+        Source of the fresh noise (a CPU generator gives the same noise on every device).
+    observer : callable, optional
+        Called with a :class:`Step` after every update.
+
+    Returns
+    -------
+    torch.Tensor
+        The samples, shape and dtype of ``x_T``.
     """
     _check(x_T, schedule)
     ks = timesteps(schedule, steps or schedule.T, spacing)

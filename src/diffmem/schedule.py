@@ -1,6 +1,6 @@
 """Noise schedules and conversions between discrete DDPM steps and Ornstein-Uhlenbeck time.
 
-Notation (SCIENCE.md section 1): ``alpha_bar[k] = prod_{j<=k} (1 - beta_j)``; the forward process is
+Notation: ``alpha_bar[k] = prod_{j<=k} (1 - beta_j)``; the forward process is
 ``x_k = sqrt(alpha_bar[k]) x_0 + sqrt(1 - alpha_bar[k]) eps``. The continuous OU time of step k is
 ``t = -1/2 log alpha_bar[k]`` so that ``x_t = e^{-t} x_0 + sqrt(Delta_t) xi`` with
 ``Delta_t = 1 - e^{-2t}``. Everything is float64; cast at the point of use.

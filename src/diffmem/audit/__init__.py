@@ -1,11 +1,13 @@
-"""Guided-sampling audit (SCIENCE.md section 4): why and how a conditional diffusion model reproduces
-training images under classifier-free guidance.
+"""Guided-sampling audit: why and how a conditional diffusion model reproduces training images under
+classifier-free guidance (the guided prediction ``eps_u + g (eps_c - eps_u)`` overestimates a memorized
+training image in the first sampling steps; see ``docs/audit.md``).
 
-Main entry points (imported lazily): :func:`run_audit` with :class:`AuditConfig`,
-:func:`build_testbed` (the built-in digits testbed), :func:`record` / :class:`Trajectory`
-(trajectory recording), :mod:`~diffmem.audit.analysis` (statistics), :mod:`~diffmem.audit.detectors`,
-:mod:`~diffmem.audit.mitigation`, :class:`PixelCosine` (default severity). A local Stable Diffusion
-folder is loaded with ``diffmem.audit.diffusers_adapter.load_pipeline_model``.
+Main entry points (imported lazily): :func:`run_audit` with :class:`AuditConfig`, returning an
+:class:`AuditResult`; :func:`build_testbed` (the built-in digits testbed); :func:`record` /
+:class:`Trajectory` (trajectory recording); :mod:`~diffmem.audit.analysis` (statistics),
+:mod:`~diffmem.audit.detectors`, :mod:`~diffmem.audit.mitigation`; :class:`PixelCosine` (the default
+severity). A local Stable Diffusion folder is loaded with
+``diffmem.audit.diffusers_adapter.load_pipeline_model``.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from .protocol import GuidedModel, PromptSpec, Severity
 
 _LAZY = {
     "AuditConfig": "run",
+    "AuditResult": "run",
     "run_audit": "run",
     "build_testbed": "testbed",
     "TestbedModel": "testbed",

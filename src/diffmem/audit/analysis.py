@@ -1,4 +1,11 @@
-"""Statistics of guided-sampling trajectories (SCIENCE.md section 4). Pure functions, float64.
+"""Statistics of guided-sampling trajectories. Pure functions, float64.
+
+Why they are computed (Kim, Kim & Lee 2025, "How Diffusion Models Memorize"): with classifier-free
+guidance the guided estimate of the clean image is ``x0_g = x0_u + g (x0_c - x0_u)``. When the
+conditional branch has memorized its training image (x0_c = x), ``x0_g - x0_u = g (x - x0_u)``: the
+first steps overshoot towards x by the factor g, the latents take up x faster than the forward
+process ``sqrt(ab) x + sqrt(1 - ab) x_T`` and the trajectories of different seeds collapse onto x.
+The statistics below measure each part of that chain.
 
 Notation: a trajectory has ``steps`` steps i = 0..steps-1 at step indices k_i (descending), S seeds,
 latents flattened to d numbers. ``x`` is the prompt's training image in the model's space
@@ -29,7 +36,8 @@ latents flattened to d numbers. ``x`` is the prompt's training image in the mode
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -222,7 +230,12 @@ def analyze(traj, x: torch.Tensor, first_steps: int = 1, converge_step: int | No
 
 
 def bootstrap_ci(
-    fn, a: np.ndarray, b: np.ndarray, n_boot: int, rng: np.random.Generator, level: float = 0.95
+    fn: Callable[[np.ndarray, np.ndarray], float],
+    a: np.ndarray,
+    b: np.ndarray,
+    n_boot: int,
+    rng: np.random.Generator,
+    level: float = 0.95,
 ) -> tuple[float | None, float | None]:
     """Percentile interval of ``fn(a[idx], b[idx])`` over ``n_boot`` resamples of the pairs."""
     n = len(a)
@@ -232,24 +245,34 @@ def bootstrap_ci(
         if np.ptp(a[idx]) == 0 or np.ptp(b[idx]) == 0:
             continue
         vals.append(fn(a[idx], b[idx]))
-    vals = np.asarray([v for v in vals if np.isfinite(v)])
-    if len(vals) < 10:
+    kept = np.asarray([v for v in vals if np.isfinite(v)])
+    if len(kept) < 10:
         return None, None
     q = (1 - level) / 2
-    return float(np.quantile(vals, q)), float(np.quantile(vals, 1 - q))
+    return float(np.quantile(kept, q)), float(np.quantile(kept, 1 - q))
+
+
+def _pearson(u: np.ndarray, w: np.ndarray) -> float:
+    from scipy import stats as st
+
+    return float(st.pearsonr(u, w)[0])
+
+
+def _spearman(u: np.ndarray, w: np.ndarray) -> float:
+    from scipy import stats as st
+
+    return float(st.spearmanr(u, w)[0])
 
 
 def correlations(
-    stats: dict[str, Sequence[float]], severity: Sequence[float], n_boot: int = 1000, seed: int = 0
-) -> dict[str, dict]:
+    stats: Mapping[str, Sequence[float | None]], severity: Sequence[float], n_boot: int = 1000, seed: int = 0
+) -> dict[str, dict[str, Any]]:
     """Pearson and Spearman correlation of every statistic with severity across prompts, with
     bootstrap 95% intervals (resampling prompts; scipy.stats for the point estimates)."""
     import warnings
 
-    from scipy import stats as st
-
     sev = np.asarray(severity, dtype=np.float64)
-    out = {}
+    out: dict[str, dict[str, Any]] = {}
     for name, vals in stats.items():
         v = np.asarray(vals, dtype=np.float64)
         ok = np.isfinite(v) & np.isfinite(sev)
@@ -264,16 +287,14 @@ def correlations(
             }
             continue
         rng = np.random.default_rng(seed)
-        pr = lambda u, w: float(st.pearsonr(u, w)[0])  # noqa: E731
-        sr = lambda u, w: float(st.spearmanr(u, w)[0])  # noqa: E731
         with warnings.catch_warnings():  # bootstrap resamples may repeat one prompt many times
             warnings.simplefilter("ignore", RuntimeWarning)
             warnings.filterwarnings("ignore", message=".*constant.*")
             out[name] = {
                 "n": len(a),
-                "pearson": pr(a, b),
-                "pearson_ci": list(bootstrap_ci(pr, a, b, n_boot, rng)),
-                "spearman": sr(a, b),
-                "spearman_ci": list(bootstrap_ci(sr, a, b, n_boot, rng)),
+                "pearson": _pearson(a, b),
+                "pearson_ci": list(bootstrap_ci(_pearson, a, b, n_boot, rng)),
+                "spearman": _spearman(a, b),
+                "spearman_ci": list(bootstrap_ci(_spearman, a, b, n_boot, rng)),
             }
     return out

@@ -3,6 +3,10 @@
 ``--model testbed`` (default) trains the built-in caption-conditional digits testbed in
 ``OUT/testbed`` (or reuses it) and audits its prompts; ``--model PIPELINE_DIR`` audits a local
 Stable-Diffusion-style diffusers folder on the prompts of ``--manifest FILE``.
+
+The audit's flags are the fields of the audit configuration (``diffmem.audit.AuditConfig``; the
+mitigation fields keep their short names --transition, --early-scale, --negative-scale), the
+testbed's the fields of ``diffmem.audit.TestbedConfig`` prefixed --testbed-.
 """
 
 from __future__ import annotations
@@ -10,60 +14,50 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..cliutils import add_common, add_config_flags, config_from_flags, print_json, table
+
+if TYPE_CHECKING:
+    from .protocol import GuidedModel, PromptSpec, Severity
+    from .run import AuditConfig
+    from .testbed import TestbedConfig
 
 __all__ = ["audit_config", "cmd_audit", "register"]
 
+#: AuditConfig fields whose flag keeps an older, shorter name
+_RENAME = {
+    "mitigation_transition": "transition",
+    "mitigation_early_scale": "early_scale",
+    "mitigation_negative_scale": "negative_scale",
+    "save_trajectories": "trajectories",
+}
+_MITIGATION = ("mitigation", "mitigation_transition", "mitigation_early_scale", "mitigation_negative_scale")
 
-def audit_config(args: argparse.Namespace):
+
+def audit_config(args: argparse.Namespace) -> AuditConfig:
     """The :class:`~diffmem.audit.run.AuditConfig` of the parsed flags (validated)."""
-    import dataclasses
-
     from .run import AuditConfig
 
-    cfg = AuditConfig()
-    changes = {}
-    for flag, field in (
-        ("seed", "seed"),
-        ("guidance", "guidance"),
-        ("steps", "steps"),
-        ("seeds", "seeds"),
-        ("first_steps", "first_steps"),
-        ("converge_step", "converge_step"),
-        ("n_boot", "n_boot"),
-        ("transition", "mitigation_transition"),
-        ("early_scale", "mitigation_early_scale"),
-        ("negative_scale", "mitigation_negative_scale"),
-    ):
-        v = getattr(args, flag, None)
-        if v is not None:
-            changes[field] = v
-    if args.no_mitigation:
-        changes["mitigation"] = False
-    if args.no_trajectories:
-        changes["save_trajectories"] = False
-    cfg = dataclasses.replace(cfg, **changes)
+    cfg: AuditConfig = config_from_flags(AuditConfig, args)
     cfg.validate()
     return cfg
 
 
-def _testbed_config(args: argparse.Namespace):
-    import dataclasses
-
+def _testbed_config(args: argparse.Namespace) -> TestbedConfig:
+    """The :class:`~diffmem.audit.testbed.TestbedConfig` of the ``--testbed-*`` flags; ``--seed`` is its seed."""
     from .testbed import TestbedConfig
 
-    tc = TestbedConfig()
-    changes = {
-        k: getattr(args, "testbed_" + k) for k in ("steps", "width") if getattr(args, "testbed_" + k, None) is not None
-    }
-    tc = dataclasses.replace(tc, **changes, seed=args.seed if args.seed is not None else tc.seed)
+    seed = {} if args.seed is None else {"seed": args.seed}
+    tc: TestbedConfig = config_from_flags(TestbedConfig, args, prefix="testbed_", **seed)
     tc.validate()
     return tc
 
 
-def _load(args: argparse.Namespace, out: Path):
+def _load(args: argparse.Namespace, out: Path) -> tuple[GuidedModel, list[PromptSpec], Severity | None, float]:
     """(model, specs, severity, build seconds) for --model/--manifest/--sscd."""
     t0 = time.time()
-    severity = None
+    severity: Severity | None = None
     if args.sscd is not None:
         from .sscd import SSCDSeverity
 
@@ -72,6 +66,7 @@ def _load(args: argparse.Namespace, out: Path):
                 f"no SSCD TorchScript file at {args.sscd}; give the path of a local sscd_disc_*.torchscript.pt file"
             )
         severity = SSCDSeverity(args.sscd)
+    model: GuidedModel
     if args.model == "testbed":
         if args.manifest is not None:
             raise ValueError(
@@ -79,9 +74,8 @@ def _load(args: argparse.Namespace, out: Path):
             )
         from .testbed import build_testbed
 
-        model, specs = build_testbed(
-            out / "testbed", seed=args.seed or 0, progress=not args.quiet, config=_testbed_config(args)
-        )
+        tc = _testbed_config(args)
+        model, specs = build_testbed(out / "testbed", seed=tc.seed, progress=not args.quiet, config=tc)
     else:
         folder = Path(args.model)
         if not folder.is_dir():
@@ -102,13 +96,12 @@ def _load(args: argparse.Namespace, out: Path):
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    from ..cli import _print_json, _table
     from ..config import to_dict
 
     cfg = audit_config(args)
     out = Path(args.out)
     if args.dry_run:
-        plan = {
+        plan: dict[str, Any] = {
             "audit": to_dict(cfg),
             "model": args.model,
             "manifest": args.manifest,
@@ -118,7 +111,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
         }
         if args.model == "testbed":
             plan["testbed"] = to_dict(_testbed_config(args))
-        _print_json(plan)
+        print_json(plan)
         return 0
     import torch
 
@@ -127,21 +120,21 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
     t0 = time.time()
     threads = args.threads if args.threads is not None else (1 if args.model == "testbed" else None)
-    if threads:  # the testbed's small MLP is fastest single-threaded (SCIENCE.md section 6)
+    if threads:  # the testbed's small MLP runs faster on one thread than split across several
         torch.set_num_threads(threads)
     model, specs, severity, t_build = _load(args, out)
-    res = run_audit(model, specs, cfg, out, severity=severity, progress=not args.quiet)
+    res = run_audit(model, specs, cfg, out, severity=severity, progress=not args.quiet).to_dict()
     wall = time.time() - t0
     sev = res["severity_metric"]
     print(f"\nper label (severity = {sev['name']}, copy if >= {sev['threshold']}; guidance g = {cfg.guidance}):")
-    print(_table(summary_rows(res)))
+    print(table(summary_rows(res)))
     print("\ndetectors, memorized (positive) vs normal (negative) prompts:")
-    print(_table(detector_rows(res)))
+    print(table(detector_rows(res)))
     print("\ncorrelation with severity across prompts (bootstrap 95% CI):")
-    print(_table(correlation_rows(res)))
-    if res.get("mitigation"):
+    print(table(correlation_rows(res)))
+    if res["mitigation"]:
         print("\nmitigation (guidance schedules):")
-        print(_table(mitigation_rows(res)))
+        print(table(mitigation_rows(res)))
     tm = res["timings"]
     print(
         f"\nwall time {wall:.1f} s (model/testbed {t_build:.1f} s, audit {tm['wall_s']:.1f} s; "
@@ -151,7 +144,11 @@ def cmd_audit(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(subparsers) -> None:
+def register(subparsers: Any) -> None:
+    """Add the ``audit`` command to the ``diffmem`` parser's subparsers."""
+    from .run import AuditConfig
+    from .testbed import TestbedConfig
+
     p = subparsers.add_parser(
         "audit",
         help="audit guided sampling of a conditional model: per-prompt memorization statistics, detectors, mitigation",
@@ -169,49 +166,12 @@ def register(subparsers) -> None:
     p.add_argument(
         "--sscd", default=None, help="SSCD TorchScript file for the severity (default: pixel cosine of centred pixels)"
     )
-    p.add_argument("--out", default="runs/audit", help="output folder (default: runs/audit)")
-    p.add_argument("--seed", type=int, default=None, help="noise seeds (and the testbed's training seed); default 0")
-    p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale g (default 7.5)")
-    p.add_argument("--steps", type=int, default=None, help="DDIM steps (default 50)")
-    p.add_argument("--seeds", type=int, default=None, help="seeds per prompt (default 8)")
-    p.add_argument(
-        "--first-steps", type=int, default=None, help="steps entering the overestimation coefficient (default 1)"
-    )
-    p.add_argument(
-        "--converge-step",
-        type=int,
-        default=None,
-        help="step where seed convergence is read (default: the final sample)",
-    )
-    p.add_argument(
-        "--n-boot", type=int, default=None, help="bootstrap resamples for correlation intervals (default 1000)"
-    )
-    g = p.add_argument_group("mitigation (guidance schedules)")
-    g.add_argument("--no-mitigation", action="store_true", help="skip the guidance-schedule study")
-    g.add_argument(
-        "--transition",
-        type=float,
-        default=None,
-        help="fraction of the steps sampled without normal guidance (default 0.3)",
-    )
-    g.add_argument(
-        "--early-scale",
-        type=float,
-        default=None,
-        help="scale before the transition for 'no early guidance' (default 0 = unconditional)",
-    )
-    g.add_argument(
-        "--negative-scale",
-        type=float,
-        default=None,
-        help="scale before the transition for 'negative early guidance' (default -1)",
-    )
-    t = p.add_argument_group("testbed")
-    t.add_argument("--testbed-steps", type=int, default=None, help="training steps of the testbed (default 8000)")
-    t.add_argument("--testbed-width", type=int, default=None, help="MLP width of the testbed (default 256)")
-    p.add_argument("--no-trajectories", action="store_true", help="do not keep the recorded trajectories on disk")
-    p.add_argument(
-        "--device", default="cpu", help="torch device for a pipeline: cpu (default), cuda, cuda:N, mps or auto"
+    add_common(
+        p,
+        "runs/audit",
+        seed_help="base of the noise seeds (seed j of a prompt is SEED * 100003 + j) and the testbed's training "
+        "seed (default: 0)",
+        device=True,
     )
     p.add_argument(
         "--threads",
@@ -219,6 +179,13 @@ def register(subparsers) -> None:
         default=None,
         help="torch threads (default: 1 for the testbed, torch's choice for a pipeline)",
     )
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.add_argument("--dry-run", action="store_true", help="print the resolved configuration as JSON and exit")
+    add_config_flags(p, AuditConfig, skip=("seed", *_MITIGATION), title="audit", rename=_RENAME)
+    add_config_flags(
+        p,
+        AuditConfig,
+        skip=tuple(f for f in AuditConfig.__dataclass_fields__ if f not in _MITIGATION),
+        title="mitigation (guidance schedules)",
+        rename=_RENAME,
+    )
+    add_config_flags(p, TestbedConfig, prefix="testbed_", skip=("seed",), title="testbed (--model testbed)")
     p.set_defaults(func=cmd_audit)

@@ -22,9 +22,11 @@ negatives this means no false positive at all).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 __all__ = ["DETECTORS", "auroc", "detector_costs", "roc_table", "tpr_at_fpr"]
 
@@ -54,13 +56,14 @@ def detector_costs(steps: int, seeds: int, first_steps: int, converge_step: int)
     }
 
 
-def auroc(y: Sequence[int], s: Sequence[float]) -> float:
+def auroc(y: ArrayLike, s: ArrayLike) -> float:
+    """Area under the ROC curve of scores ``s`` for binary labels ``y`` (1 = positive)."""
     from sklearn.metrics import roc_auc_score
 
     return float(roc_auc_score(np.asarray(y), np.asarray(s, dtype=np.float64)))
 
 
-def tpr_at_fpr(y: Sequence[int], s: Sequence[float], fpr: float = 0.01) -> float:
+def tpr_at_fpr(y: ArrayLike, s: ArrayLike, fpr: float = 0.01) -> float:
     """Largest TPR on the ROC curve with FPR <= ``fpr``."""
     from sklearn.metrics import roc_curve
 
@@ -70,12 +73,12 @@ def tpr_at_fpr(y: Sequence[int], s: Sequence[float], fpr: float = 0.01) -> float
 
 
 def roc_table(
-    scores: dict[str, Sequence[float]],
+    scores: Mapping[str, Sequence[float | None]],
     labels: Sequence[str | None],
     positive: Sequence[str] = ("memorized",),
     negative: Sequence[str] = ("normal",),
-    costs: dict[str, int] | None = None,
-) -> dict[str, dict]:
+    costs: Mapping[str, int] | None = None,
+) -> dict[str, dict[str, Any]]:
     """AUROC, TPR@1%FPR and the ROC curve of every detector for ``positive`` vs ``negative`` labels.
 
     Prompts with other labels (or no label) are left out. Scores that are not finite are left out
@@ -83,13 +86,13 @@ def roc_table(
     from sklearn.metrics import roc_curve
 
     labels = list(labels)
-    out: dict[str, dict] = {}
+    out: dict[str, dict[str, Any]] = {}
     for name, vals in scores.items():
         v = np.asarray(vals, dtype=np.float64)
         keep = np.array([(lab in positive or lab in negative) for lab in labels]) & np.isfinite(v)
         y = np.array([1 if lab in positive else 0 for lab in labels])[keep]
         s = v[keep]
-        row = {
+        row: dict[str, Any] = {
             "n_pos": int(y.sum()),
             "n_neg": int((1 - y).sum()),
             "auroc": None,

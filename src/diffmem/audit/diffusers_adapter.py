@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from ..schedule import Schedule
+from ..schedule import Schedule, linear, scaled_linear
 
 __all__ = ["REQUIRED_COMPONENTS", "DiffusersModel", "load_pipeline_model", "schedule_from_scheduler"]
 
@@ -55,7 +55,7 @@ _LAYOUT = (
 def _import_diffusers():
     try:
         import diffusers
-        import transformers  # noqa: F401
+        import transformers  # noqa: F401 - imported only to fail early when it is missing
     except ImportError as e:
         raise ImportError(
             f"auditing a Stable Diffusion pipeline needs diffusers and transformers ({e}); "
@@ -72,7 +72,8 @@ def check_pipeline_folder(folder: str | Path) -> dict:
     if not folder.is_dir():
         raise ValueError(
             f"{folder} is a file, not a diffusers pipeline folder; {_LAYOUT}. A single-file checkpoint "
-            "(.ckpt/.safetensors) can be converted with `StableDiffusionPipeline.from_single_file(path).save_pretrained(folder)`"
+            "(.ckpt/.safetensors) can be converted with "
+            "`StableDiffusionPipeline.from_single_file(path).save_pretrained(folder)`"
         )
     index_path = folder / "model_index.json"
     if not index_path.is_file():
@@ -86,7 +87,8 @@ def check_pipeline_folder(folder: str | Path) -> dict:
     cls = str(index.get("_class_name", ""))
     if "XL" in cls or "StableDiffusion3" in cls or "Flux" in cls:
         raise ValueError(
-            f"{folder} holds a {cls}; only Stable-Diffusion-1.x/2.x-style pipelines (one CLIP text encoder) are supported"
+            f"{folder} holds a {cls}; only Stable-Diffusion-1.x/2.x-style pipelines "
+            "(one CLIP text encoder) are supported"
         )
     missing = []
     for name, markers in REQUIRED_COMPONENTS.items():
@@ -119,18 +121,17 @@ def schedule_from_scheduler(scheduler: Any) -> Schedule:
     b0, b1 = float(cfg.get("beta_start", 1e-4)), float(cfg.get("beta_end", 2e-2))
     trained = cfg.get("trained_betas", None)
     if trained is not None:
-        betas = torch.as_tensor(list(trained), dtype=torch.float64)
+        sched = Schedule(torch.as_tensor(list(trained), dtype=torch.float64))
     elif kind == "linear":
-        betas = torch.linspace(b0, b1, T, dtype=torch.float64)
+        sched = linear(T, b0, b1)
     elif kind == "scaled_linear":
-        betas = torch.linspace(b0**0.5, b1**0.5, T, dtype=torch.float64) ** 2
+        sched = scaled_linear(T, b0, b1)
     elif getattr(scheduler, "betas", None) is not None:
-        betas = torch.as_tensor(scheduler.betas).to(torch.float64)
+        sched = Schedule(torch.as_tensor(scheduler.betas).to(torch.float64))
     else:
         raise ValueError(
             f"cannot rebuild the beta schedule {kind!r} of {type(scheduler).__name__}: it exposes no betas"
         )
-    sched = Schedule(betas)
     ref = getattr(scheduler, "alphas_cumprod", None)
     if ref is not None:
         ref = torch.as_tensor(ref).to(torch.float64)
@@ -164,7 +165,8 @@ class DiffusersModel:
         for name in REQUIRED_COMPONENTS:
             if getattr(pipeline, name, None) is None:
                 raise ValueError(
-                    f"the pipeline has no {name}; a Stable-Diffusion-style pipeline needs {', '.join(REQUIRED_COMPONENTS)}"
+                    f"the pipeline has no {name}; a Stable-Diffusion-style pipeline needs "
+                    f"{', '.join(REQUIRED_COMPONENTS)}"
                 )
         if batch_size is not None and int(batch_size) < 1:
             raise ValueError(f"batch_size must be a positive integer or None, got {batch_size}")
@@ -187,7 +189,8 @@ class DiffusersModel:
             )
         if ucfg.get("time_cond_proj_dim") is not None:
             raise ValueError(
-                "the U-Net takes a guidance embedding (LCM-style time_cond_proj_dim); it is not a classifier-free-guidance model"
+                "the U-Net takes a guidance embedding (LCM-style time_cond_proj_dim); "
+                "it is not a classifier-free-guidance model"
             )
         self.prediction_type = self.scheduler.config.get("prediction_type", "epsilon")
         if self.prediction_type not in ("epsilon", "v_prediction", "sample"):
@@ -331,7 +334,9 @@ class DiffusersModel:
 
     @torch.no_grad()
     def encode(self, pixels: torch.Tensor, batch_size: int = 8) -> torch.Tensor:
-        """Images (N, C, H, W) in [0, 1] (C = 1 or 3) -> latents (N, *latent_shape): the VAE posterior mean x scaling_factor."""
+        """Images (N, C, H, W) in [0, 1] (C = 1 or 3) -> latents (N, *latent_shape).
+
+        The latent is the VAE posterior mean times ``scaling_factor``."""
         if not isinstance(pixels, torch.Tensor) or pixels.ndim != 4 or pixels.shape[1] not in (1, 3):
             shape = tuple(pixels.shape) if isinstance(pixels, torch.Tensor) else type(pixels).__name__
             raise ValueError(f"pixels must have shape (N, 1 or 3, H, W), got {shape}")

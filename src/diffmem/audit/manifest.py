@@ -44,12 +44,13 @@ def load_image(path: str | Path, max_side: int | None = 768, what: str = "image"
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(
-            f"{what}: image file {path} does not exist; fix the path (relative paths are relative to the manifest's folder)"
+            f"{what}: image file {path} does not exist; "
+            "fix the path (relative paths are relative to the manifest's folder)"
         )
     try:
-        with Image.open(path) as im:
-            im.load()
-            im = ImageOps.exif_transpose(im).convert("RGB")
+        with Image.open(path) as f:
+            f.load()
+            im = ImageOps.exif_transpose(f).convert("RGB")
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
         raise ValueError(f"{what}: {path} is not a readable image ({e}); replace it with a PNG or JPEG file") from e
     if max_side is not None and min(im.size) > max_side:
@@ -163,7 +164,7 @@ def read_manifest(path: str | Path, max_side: int | None = 768) -> list[PromptSp
         first_seen.setdefault(prompt, (where, key is not None))
         img = load_image(Path(image) if Path(image).is_absolute() else base / image, max_side=max_side, what=where)
         specs.append(PromptSpec(prompt=prompt, image=img, label=label, key=key))
-    auto = {s.key for s in specs if s.key not in keys}
+    auto = {s.key for s in specs if s.key is not None and s.key not in keys}
     clash = auto & set(keys)
     if clash:
         raise ValueError(f"{path}: key(s) {sorted(clash)} collide with automatic prompt keys; choose other keys")

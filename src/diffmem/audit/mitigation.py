@@ -31,7 +31,7 @@ def transition_steps(steps: int, fraction: float) -> int:
     """Number of early steps without normal guidance: ``round(fraction * steps)``."""
     if not 0 <= fraction <= 1:
         raise ValueError(f"the mitigation transition is a fraction of the steps in [0, 1], got {fraction}")
-    return int(round(fraction * steps))
+    return round(float(fraction) * steps)
 
 
 def guidance_schedule(kind: str, g: float, steps: int, transition: int = 0, early_scale: float = 0.0) -> list[float]:
@@ -56,7 +56,7 @@ def mitigation_table(prompts: Sequence[dict], threshold: float) -> dict[str, dic
     labels = sorted({p.get("label") or "unlabelled" for p in prompts})
     for sched in SCHEDULES:
         rows = {}
-        for lab in labels + ["all"]:
+        for lab in [*labels, "all"]:
             ps = [
                 p
                 for p in prompts

@@ -6,7 +6,6 @@ model space for the testbed, VAE latents for Stable Diffusion).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -86,8 +85,3 @@ class GuidedModel(Protocol):
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Map latents back to images (N, C, H, W) in [0, 1]."""
         ...
-
-
-def check_prompts(prompts: Sequence[str]) -> None:
-    if not prompts:
-        raise ValueError("no prompts to audit: give at least one prompt")

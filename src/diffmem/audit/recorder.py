@@ -1,9 +1,10 @@
 """Record guided DDIM trajectories: per step the latent x_k and both noise predictions.
 
 For one prompt and S seeds, sampling runs :func:`diffmem.sampling.ddim` (eta = 0) with the guided
-prediction ``eps_g = eps_u + g_i (eps_c - eps_u)``, where ``g_i`` is the guidance scale of step i (a
-constant g by default; the mitigation schedules change it per step). The model is called ONCE per
-step (``model.predict`` returns both branches from one batched forward pass of 2S rows).
+prediction ``eps_g = eps_u + g_i (eps_c - eps_u)`` (:func:`diffmem.sampling.cfg_mix`), where ``g_i``
+is the guidance scale of step i (a constant g by default; the mitigation schedules change it per
+step). The model is called ONCE per step (``model.predict`` returns both branches from one batched
+forward pass of 2S rows).
 
 What is stored per step i (sampling order, step index k_i): ``x`` = x_{k_i} (the latent the model
 sees), ``eps_c``, ``eps_u``; plus the final output ``x_final`` = x_0. The three x0 estimates
@@ -18,12 +19,13 @@ memory is bounded by one prompt and a killed run never leaves half a trajectory.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import pairwise
 from pathlib import Path
 
 import torch
 
 from .. import io
-from ..sampling import Step, ddim, randn_per_sample
+from ..sampling import Step, cfg_mix, ddim, randn_per_sample
 from ..sampling import timesteps as _timesteps
 from .protocol import GuidedModel
 
@@ -35,7 +37,7 @@ def model_timesteps(model: GuidedModel, steps: int, spacing: str = "leading") ->
     do: their scheduler's spacing and offset), otherwise :func:`diffmem.sampling.timesteps`."""
     own = getattr(model, "timesteps", None)
     ks = [int(k) for k in own(int(steps))] if callable(own) else _timesteps(model.schedule, int(steps), spacing)
-    if len(ks) != int(steps) or any(a <= b for a, b in zip(ks, ks[1:])) or not 0 <= ks[-1] <= ks[0] < model.schedule.T:
+    if len(ks) != int(steps) or any(a <= b for a, b in pairwise(ks)) or not 0 <= ks[-1] <= ks[0] < model.schedule.T:
         raise ValueError(
             f"the model's timesteps must be {steps} strictly decreasing indices in [0, {model.schedule.T}), got {ks}"
         )
@@ -78,7 +80,8 @@ class Trajectory:
             raise FileNotFoundError(f"no recorded trajectory at {path}; run the audit to record it")
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
-            missing = [k for k in cls._KEYS if k not in f.keys()]
+            names = set(f.keys())
+        missing = [k for k in cls._KEYS if k not in names]
         if missing:
             raise ValueError(f"{path} is not a diffmem trajectory (missing {missing}); delete it and re-run the audit")
         return cls(path=path, prompt=meta.get("prompt", ""))
@@ -113,9 +116,9 @@ class Trajectory:
         return (self._get("x").double() - (1 - ab).sqrt() * eps.double()) / ab.sqrt()
 
     def eps_g(self) -> torch.Tensor:
+        """Guided noise predictions ``eps_u + g_i (eps_c - eps_u)`` (steps, S, *latent), float64."""
         g = self._get("scales").double().reshape(self._ab().shape)
-        eu = self._get("eps_u").double()
-        return eu + g * (self._get("eps_c").double() - eu)
+        return cfg_mix(self._get("eps_u").double(), self._get("eps_c").double(), g)
 
     def x0_c(self) -> torch.Tensor:
         """Conditional x0 estimates (steps, S, *latent), float64."""
@@ -173,7 +176,7 @@ def record(
         xs.append(x.detach().cpu().to(dtype))
         ecs.append(eps_c.detach().cpu().to(dtype))
         eus.append(eps_u.detach().cpu().to(dtype))
-        return eps_u + scales[i] * (eps_c - eps_u)
+        return cfg_mix(eps_u, eps_c, scales[i])
 
     abs_, abps = [], []
 
@@ -210,6 +213,6 @@ def sample_final(
         eps_c, eps_u = model.predict(x, t, prompt)
         g = scales[calls[0]]
         calls[0] += 1
-        return eps_u + g * (eps_c - eps_u)
+        return cfg_mix(eps_u, eps_c, g)
 
     return ddim(denoiser, x_T, model.schedule, ks=[int(k) for k in ks]).cpu()

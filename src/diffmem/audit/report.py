@@ -1,22 +1,32 @@
-"""Figures (PNG, matplotlib Agg) and a self-contained HTML report for an audit."""
+"""Figures (PNG, matplotlib Agg) and a self-contained HTML report for an audit.
+
+Every function reads the aggregate of :func:`~diffmem.audit.run.run_audit` as a mapping (the content
+of ``audit.json``, :meth:`~diffmem.audit.run.AuditResult.to_dict`) and never changes it.
+"""
 
 from __future__ import annotations
 
 import html
 import json
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from ..report import _fmt, _img_tag, _plt, _save
+from ..figures import fmt, html_page, html_table, pyplot, save_png
 
 __all__ = ["audit_figures", "correlation_rows", "detector_rows", "mitigation_rows", "summary_rows", "write_audit_html"]
 
 _COLORS = {"memorized": "#c0392b", "partial": "#e67e22", "normal": "#2c7fb8", "unlabelled": "#777777"}
 
 
-def audit_figures(res: dict, prompts: list[dict], folder: str | Path) -> dict[str, Path]:
-    plt = _plt()
+def audit_figures(res: Mapping[str, Any], prompts: Sequence[Mapping[str, Any]], folder: str | Path) -> dict[str, Path]:
+    """Draw the audit's figures into ``folder``; returns caption -> PNG path.
+
+    ``prompts`` are the per-prompt results with their per-step ``curves`` (as in ``prompts/<key>.json``).
+    """
+    plt = pyplot()
     folder = Path(folder)
     curves = res["mean_curves"]
     out: dict[str, Path] = {}
@@ -41,7 +51,7 @@ def audit_figures(res: dict, prompts: list[dict], folder: str | Path) -> dict[st
     for a in axes:
         a.grid(alpha=0.3)
         a.legend(fontsize=8)
-    out["decomposition"] = _save(fig, folder / "decomposition.png")
+    out["decomposition"] = save_png(fig, folder / "decomposition.png")
 
     fig, ax = plt.subplots(figsize=(6.5, 4))
     for lab, c in curves.items():
@@ -55,7 +65,7 @@ def audit_figures(res: dict, prompts: list[dict], folder: str | Path) -> dict[st
     )
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7)
-    out["loss"] = _save(fig, folder / "loss.png")
+    out["loss"] = save_png(fig, folder / "loss.png")
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     summ = res.get("summary", {})
@@ -80,7 +90,7 @@ def audit_figures(res: dict, prompts: list[dict], folder: str | Path) -> dict[st
     for a in axes:
         a.grid(alpha=0.3)
         a.legend(fontsize=8)
-    out["seed_distance"] = _save(fig, folder / "seed_distance.png")
+    out["seed_distance"] = save_png(fig, folder / "seed_distance.png")
 
     fig, ax = plt.subplots(figsize=(6.5, 4))
     for lab, c in curves.items():
@@ -90,7 +100,7 @@ def audit_figures(res: dict, prompts: list[dict], folder: str | Path) -> dict[st
     ax.set(xlabel="sampling step", ylabel="cosine", title="Noise predictions aligned with the training image")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    out["cosines"] = _save(fig, folder / "cosines.png")
+    out["cosines"] = save_png(fig, folder / "cosines.png")
 
     det = res["detectors"]
     fig, ax = plt.subplots(figsize=(5.5, 5))
@@ -100,13 +110,13 @@ def audit_figures(res: dict, prompts: list[dict], folder: str | Path) -> dict[st
                 row["roc"]["fpr"],
                 row["roc"]["tpr"],
                 drawstyle="steps-post",
-                label=f"{name} (AUROC {_fmt(row['auroc'])})",
+                label=f"{name} (AUROC {fmt(row['auroc'])})",
             )
     ax.plot([0, 1], [0, 1], "k:", lw=1)
     ax.set(xlabel="false positive rate", ylabel="true positive rate", title="Detectors: memorized vs normal prompts")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    out["roc"] = _save(fig, folder / "roc.png")
+    out["roc"] = save_png(fig, folder / "roc.png")
 
     fig, axes = plt.subplots(1, 3, figsize=(14, 4))
     for ax, name in zip(axes, ("D1", "D2", "overestimation_a")):
@@ -118,12 +128,12 @@ def audit_figures(res: dict, prompts: list[dict], folder: str | Path) -> dict[st
         ax.set(
             xlabel=name,
             ylabel=f"severity ({res['severity_metric']['name']})",
-            title=f"Pearson r = {_fmt(cor.get('pearson'))}, Spearman = {_fmt(cor.get('spearman'))}",
+            title=f"Pearson r = {fmt(cor.get('pearson'))}, Spearman = {fmt(cor.get('spearman'))}",
         )
         ax.axhline(res["severity_metric"]["threshold"], color="k", ls=":", lw=1)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    out["deviation_severity"] = _save(fig, folder / "deviation_severity.png")
+    out["deviation_severity"] = save_png(fig, folder / "deviation_severity.png")
 
     mit = res.get("mitigation") or {}
     if mit:
@@ -151,11 +161,11 @@ def audit_figures(res: dict, prompts: list[dict], folder: str | Path) -> dict[st
             ax.legend(fontsize=7)
         axes[0].set_title("Severity by guidance schedule")
         axes[1].set_title("Prompt fidelity by guidance schedule")
-        out["mitigation"] = _save(fig, folder / "mitigation.png")
+        out["mitigation"] = save_png(fig, folder / "mitigation.png")
     return out
 
 
-def summary_rows(res: dict) -> list[list[str]]:
+def summary_rows(res: Mapping[str, Any]) -> list[list[str]]:
     rows = [
         [
             "label",
@@ -175,89 +185,82 @@ def summary_rows(res: dict) -> list[list[str]]:
             [
                 lab,
                 str(r["prompts"]),
-                _fmt(r["overestimation_a"]),
-                _fmt(r["seed_collapse"]),
-                _fmt(r["convergence"]),
-                _fmt(r["D1"]),
-                _fmt(r["D2"]),
-                _fmt(r["wen_mean"]),
-                _fmt(r["severity"]),
-                _fmt(r["copy_rate"]),
+                fmt(r["overestimation_a"]),
+                fmt(r["seed_collapse"]),
+                fmt(r["convergence"]),
+                fmt(r["D1"]),
+                fmt(r["D2"]),
+                fmt(r["wen_mean"]),
+                fmt(r["severity"]),
+                fmt(r["copy_rate"]),
             ]
         )
     return rows
 
 
-def detector_rows(res: dict, key: str = "detectors") -> list[list[str]]:
+def detector_rows(res: Mapping[str, Any], key: str = "detectors") -> list[list[str]]:
     rows = [["detector", "AUROC", "TPR@1%FPR", "pos/neg", "cost (evals/prompt)", "needs x"]]
     for name, r in res[key].items():
         rows.append(
             [
                 name,
-                _fmt(r["auroc"]),
-                _fmt(r["tpr_at_1fpr"]),
+                fmt(r["auroc"]),
+                fmt(r["tpr_at_1fpr"]),
                 f"{r['n_pos']}/{r['n_neg']}",
-                _fmt(r.get("cost")),
+                fmt(r.get("cost")),
                 "yes" if r["needs_image"] else "no",
             ]
         )
     return rows
 
 
-def _ci(c: list) -> str:
-    return f"[{_fmt(c[0])}, {_fmt(c[1])}]" if c and c[0] is not None else "—"
+def _ci(c: Sequence[Any]) -> str:
+    return f"[{fmt(c[0])}, {fmt(c[1])}]" if c and c[0] is not None else "—"
 
 
-def correlation_rows(res: dict) -> list[list[str]]:
+def correlation_rows(res: Mapping[str, Any]) -> list[list[str]]:
     rows = [["statistic", "Pearson r", "95% CI", "Spearman", "95% CI", "n"]]
     for name, r in res["correlations"].items():
         rows.append(
-            [name, _fmt(r["pearson"]), _ci(r["pearson_ci"]), _fmt(r["spearman"]), _ci(r["spearman_ci"]), str(r["n"])]
+            [name, fmt(r["pearson"]), _ci(r["pearson_ci"]), fmt(r["spearman"]), _ci(r["spearman_ci"]), str(r["n"])]
         )
     return rows
 
 
-def mitigation_rows(res: dict) -> list[list[str]]:
+def mitigation_rows(res: Mapping[str, Any]) -> list[list[str]]:
     rows = [["schedule", "label", "severity", "copy rate", "fidelity"]]
     for sched, by in (res.get("mitigation") or {}).items():
         for lab, r in by.items():
-            rows.append([sched, lab, _fmt(r["severity"]), _fmt(r["copy_rate"]), _fmt(r["fidelity"])])
+            rows.append([sched, lab, fmt(r["severity"]), fmt(r["copy_rate"]), fmt(r["fidelity"])])
     return rows
 
 
-def _html_table(rows: list[list[str]]) -> str:
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in rows[0])
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows[1:])
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
 def write_audit_html(
-    res: dict, figures: dict[str, Path], path: str | Path, title: str = "diffmem audit report"
+    res: Mapping[str, Any], figures: Mapping[str, Path], path: str | Path, title: str = "diffmem audit report"
 ) -> Path:
+    """Write the self-contained HTML report (tables, then the figures embedded as base64) to ``path``."""
     from ..io import atomic_write_bytes
 
     cfg = res["config"]
     sev = res["severity_metric"]
-    figs = "".join(
-        f"<figure>{_img_tag(p)}<figcaption>{html.escape(k)}</figcaption></figure>" for k, p in figures.items()
-    )
     intro = (
-        f"Model: {html.escape(str(res['model'].get('kind')))}; {len(res['prompts'])} prompts, {cfg['seeds']} seeds each, "
-        f"DDIM {cfg['steps']} steps, guidance g = {cfg['guidance']}; severity = {html.escape(sev['name'])} (copy if ≥ {sev['threshold']}). "
-        "Detectors: memorized (positive) vs normal (negative) prompts, partial prompts excluded (second table: counted as positive). "
-        "The theoretical decomposition schedule is the forward process w0 = sqrt(ᾱ_k), wT = sqrt(1-ᾱ_k). See docs/audit.md."
+        f"Model: {html.escape(str(res['model'].get('kind')))}; {len(res['prompts'])} prompts, "
+        f"{cfg['seeds']} seeds each, DDIM {cfg['steps']} steps, guidance g = {cfg['guidance']}; "
+        f"severity = {html.escape(sev['name'])} (copy if ≥ {sev['threshold']}). "
+        "Detectors: memorized (positive) vs normal (negative) prompts, partial prompts excluded "
+        "(second table: counted as positive). The theoretical decomposition schedule is the forward "
+        "process w0 = sqrt(ᾱ_k), wT = sqrt(1-ᾱ_k). See docs/audit.md."
     )
-    doc = f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
-<style>body{{font-family:system-ui,sans-serif;max-width:1150px;margin:2em auto;color:#222}}
-table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #ccc;padding:4px 10px;text-align:right}}
-img{{max-width:100%}}figure{{margin:1.5em 0}}figcaption{{color:#666;font-size:90%}}pre{{background:#f6f6f6;padding:1em;overflow:auto;font-size:80%}}</style>
-</head><body><h1>{html.escape(title)}</h1><p>{intro}</p>
-<h2>Per label</h2>{_html_table(summary_rows(res))}
-<h2>Detectors</h2>{_html_table(detector_rows(res))}
-<h3>Partial prompts counted as memorized</h3>{_html_table(detector_rows(res, "detectors_with_partial"))}
-<h2>Correlation with severity (across prompts)</h2>{_html_table(correlation_rows(res))}
-<h2>Mitigation</h2>{_html_table(mitigation_rows(res)) if res.get("mitigation") else "<p>not run</p>"}
-{figs}
-<h2>Configuration</h2><pre>{html.escape(json.dumps(cfg, indent=1))}</pre></body></html>"""
-    atomic_write_bytes(path, doc.encode())
+    mitigation = html_table(mitigation_rows(res)) if res.get("mitigation") else "<p>not run</p>"
+    body = (
+        f"<p>{intro}</p>\n"
+        f"<h2>Per label</h2>{html_table(summary_rows(res))}\n"
+        f"<h2>Detectors</h2>{html_table(detector_rows(res))}\n"
+        f"<h3>Partial prompts counted as memorized</h3>{html_table(detector_rows(res, 'detectors_with_partial'))}\n"
+        f"<h2>Correlation with severity (across prompts)</h2>{html_table(correlation_rows(res))}\n"
+        f"<h2>Mitigation</h2>{mitigation}\n"
+        f"<h2>Configuration</h2><pre>{html.escape(json.dumps(cfg, indent=1))}</pre>\n"
+        "<h2>Figures</h2>"
+    )
+    atomic_write_bytes(path, html_page(title, body, dict(figures)).encode())
     return Path(path)

@@ -7,15 +7,18 @@ Folder layout (``out``):
 - ``prompts/<key>.json``: one finished prompt (statistics, curves, severity per seed, mitigation);
   written atomically when the prompt is done, so a re-run skips it (resume per prompt);
 - ``trajectories/<key>.safetensors``: the recorded trajectory (``save_trajectories``);
-- ``audit.json``, ``figures/*.png``, ``report.html``: the aggregate, rewritten at the end.
+- ``audit.json``, ``figures/*.png``, ``report.html``: the aggregate, rewritten at the end
+  (``audit.json`` is :meth:`AuditResult.to_dict`).
 """
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
 
@@ -28,7 +31,7 @@ from .protocol import LABELS, GuidedModel, PromptSpec, Severity
 from .recorder import Trajectory, model_timesteps, prompt_seeds, record, sample_final
 from .severity import PixelCosine
 
-__all__ = ["STATISTICS", "AuditConfig", "run_audit"]
+__all__ = ["STATISTICS", "AuditConfig", "AuditResult", "load_trajectory", "run_audit"]
 
 #: per-prompt statistics correlated with severity
 STATISTICS = (
@@ -46,24 +49,38 @@ STATISTICS = (
 
 @dataclass(frozen=True)
 class AuditConfig:
-    """One audit. ``seeds`` noise seeds per prompt (the same x_T for every prompt, see
-    :func:`~diffmem.audit.recorder.prompt_seeds`); ``first_steps`` steps enter the overestimation
-    coefficient; ``converge_step`` is where trajectory convergence is read: 0..steps-1 are the latents the
-    model sees (0 = x_T), ``steps`` (the default) is the final sample."""
+    """One audit: how every prompt is sampled, analysed and re-sampled under the mitigation schedules.
+
+    Saved in ``audit_config.json``; a folder that holds another configuration is refused.
+    """
 
     guidance: float = 7.5
+    """Classifier-free guidance scale g: eps_g = eps_u + g (eps_c - eps_u); Stable Diffusion's default is 7.5."""
     steps: int = 50
+    """DDIM sampling steps."""
     seeds: int = 8
+    """Noise seeds per prompt (every prompt starts from the same x_T of each seed)."""
     seed: int = 0
+    """Base of the noise seeds (seed j of a prompt is seed * 100003 + j) and of the bootstrap."""
     first_steps: int = 1
+    """Sampling steps that enter the overestimation coefficient a."""
     converge_step: int | None = None
-    spacing: str = "leading"  # only for models without their own timesteps()
+    """Where seed convergence is read: i in 1..steps-1 is the latent after i sampling steps (the model
+    sees latents 0..steps-1, 0 = x_T); steps, or None, is the final sample."""
+    spacing: Literal["leading", "trailing", "linspace"] = "leading"
+    """Timestep spacing for models without their own timesteps() (a diffusers pipeline uses its scheduler's)."""
     n_boot: int = 1000
+    """Bootstrap resamples of the prompts for the 95% intervals of the correlations with severity."""
     mitigation: bool = True
-    mitigation_transition: float = 0.3  # fraction of the steps run without normal guidance
-    mitigation_early_scale: float = 0.0  # "no guidance": the unconditional prediction eps_u
+    """Run the guidance-schedule study (three more samplings per prompt)."""
+    mitigation_transition: float = 0.3
+    """Fraction of the steps that the mitigation schedules sample without normal guidance."""
+    mitigation_early_scale: float = 0.0
+    """Guidance scale before the transition for 'no early guidance' (0 = the unconditional prediction eps_u)."""
     mitigation_negative_scale: float = -1.0
+    """Guidance scale before the transition for 'negative early guidance' (below 0 steers away from the prompt)."""
     save_trajectories: bool = True
+    """Keep each prompt's recorded trajectory on disk (trajectories/<key>.safetensors)."""
 
     def validate(self) -> None:
         if not 0 <= self.guidance <= 50:  # also refuses NaN
@@ -93,6 +110,55 @@ class AuditConfig:
 
 
 @dataclass(frozen=True)
+class AuditResult:
+    """What :func:`run_audit` returns: the aggregate of an audit, written to ``audit.json``.
+
+    Every field holds plain JSON values (numbers that are not finite as :func:`diffmem.io.jsonable`
+    writes them: NaN as ``None``). :meth:`to_dict` is exactly the content of ``audit.json``.
+    """
+
+    config: dict[str, Any]
+    """The :class:`AuditConfig` as a dictionary."""
+    model: dict[str, Any]
+    """The model's description (its ``to_dict()``), ``latent_shape`` and the schedule's ``T``."""
+    severity_metric: dict[str, Any]
+    """``name`` and copy ``threshold`` of the severity."""
+    timesteps: list[int]
+    """The DDIM step indices, in sampling order (descending)."""
+    seeds: list[int]
+    """The noise seeds of every prompt."""
+    summary: dict[str, dict[str, Any]]
+    """Per label: the number of prompts and the mean of each statistic."""
+    detectors: dict[str, dict[str, Any]]
+    """Per detector: AUROC, TPR at 1% FPR, ROC curve and cost; memorized vs normal prompts."""
+    detectors_with_partial: dict[str, dict[str, Any]]
+    """The same with partial prompts counted as positives."""
+    correlations: dict[str, dict[str, Any]]
+    """Per statistic: Pearson and Spearman correlation with severity across prompts, bootstrap intervals."""
+    mitigation: dict[str, dict[str, dict[str, Any]]]
+    """Per guidance schedule and label: severity, copy rate and fidelity (empty without mitigation)."""
+    mean_curves: dict[str, dict[str, list[Any]]]
+    """Per label: the per-step curves averaged over its prompts."""
+    prompts: list[dict[str, Any]]
+    """Per prompt: every statistic, severity per seed and mitigation results (without the curves)."""
+    timings: dict[str, float]
+    """Prompts computed and reused, and seconds spent per stage."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """The content of ``audit.json`` (a fresh copy: changing it leaves the result as it is)."""
+        return copy.deepcopy({f.name: getattr(self, f.name) for f in fields(self)})
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> AuditResult:
+        """Read back what :meth:`to_dict` gave (e.g. ``io.read_json(out / "audit.json")``)."""
+        names = [f.name for f in fields(cls)]
+        missing = [n for n in names if n not in d]
+        if missing:
+            raise ValueError(f"not an audit result: missing {missing}; read an audit.json written by run_audit")
+        return cls(**copy.deepcopy({n: d[n] for n in names}))
+
+
+@dataclass(frozen=True)
 class _Claim:
     """What a folder's results depend on (saved as ``audit_config.json``)."""
 
@@ -105,7 +171,7 @@ def _check_specs(specs: Sequence[PromptSpec]) -> None:
     if not specs:
         raise ValueError("no prompts to audit: give at least one PromptSpec (a manifest with one line per prompt)")
     keys = [s.key for s in specs]
-    dup = sorted({k for k in keys if keys.count(k) > 1})
+    dup = sorted({str(k) for k in keys if keys.count(k) > 1})
     if dup:
         raise ValueError(f"prompt keys must be unique, repeated: {dup[:5]}; give each prompt its own key")
     for s in specs:
@@ -114,7 +180,8 @@ def _check_specs(specs: Sequence[PromptSpec]) -> None:
 
 
 def _model_info(model: GuidedModel) -> dict:
-    info = model.to_dict() if callable(getattr(model, "to_dict", None)) else {"kind": type(model).__name__}
+    describe = getattr(model, "to_dict", None)
+    info = describe() if callable(describe) else {"kind": type(model).__name__}
     return {**info, "latent_shape": list(model.latent_shape), "T": model.schedule.T}
 
 
@@ -178,7 +245,7 @@ def _label_summary(prompts: list[dict]) -> dict[str, dict]:
     labels = [lab for lab in (*LABELS, None) if any(p["label"] == lab for p in prompts)]
     for lab in labels:
         ps = [p for p in prompts if p["label"] == lab]
-        row = {"prompts": len(ps)}
+        row: dict[str, Any] = {"prompts": len(ps)}
         for name in (
             "overestimation_a",
             "seed_collapse",
@@ -215,17 +282,64 @@ def _mean_curves(prompts: list[dict]) -> dict[str, dict[str, list]]:
 
 def run_audit(
     model: GuidedModel,
-    specs: list[PromptSpec],
+    specs: Sequence[PromptSpec],
     cfg: AuditConfig,
-    out: Path,
+    out: str | Path,
     severity: Severity | None = None,
     progress: bool = True,
-) -> dict:
-    """Audit ``specs`` on ``model``; writes and returns ``audit.json``'s content (see the module doc).
+) -> AuditResult:
+    """Audit every prompt of ``specs`` on ``model`` and write the results into the folder ``out``.
 
-    ``severity`` defaults to :class:`~diffmem.audit.severity.PixelCosine` (cosine of mean-centred
-    pixels). Finished prompts found in ``out/prompts`` are reused; a folder holding another
-    configuration is refused."""
+    Per prompt: record ``cfg.seeds`` guided DDIM trajectories (``cfg.steps`` steps, guidance
+    ``cfg.guidance``), compute the statistics of :func:`~diffmem.audit.analysis.analyze`, score the
+    final samples with ``severity`` and, with ``cfg.mitigation``, sample again under the guidance
+    schedules of :mod:`~diffmem.audit.mitigation`. Across prompts: the detector table, the
+    correlations with severity and the mitigation table. A prompt's result is written to
+    ``out/prompts/<key>.json`` as soon as it is finished; a re-run with the same configuration reuses
+    those files (a killed audit resumes with the prompt it was on) and gives the same result.
+
+    Parameters
+    ----------
+    model : GuidedModel
+        Conditional eps-prediction model: ``latent_shape`` (e.g. ``(1, 8, 8)``), ``schedule`` (a
+        :class:`~diffmem.schedule.Schedule`), ``predict(x, t, prompt) -> (eps_c, eps_u)`` with ``x`` of
+        shape ``(S, *latent_shape)`` and ``t`` of shape ``(S,)``, ``encode(pixels (N, C, H, W)) -> (N,
+        *latent_shape)`` and ``decode`` back to pixels in [0, 1]. Optional: ``timesteps(steps)``,
+        ``fidelity(prompt, pixels) -> (N,)`` and ``to_dict()``.
+    specs : sequence of PromptSpec
+        The prompts, each with its training image, shape ``(C, H, W)`` with values in [0, 1], its label
+        (``"memorized"``, ``"partial"``, ``"normal"`` or None) and a unique ``key``.
+    cfg : AuditConfig
+        The audit's settings (validated here).
+    out : str or Path
+        Output folder: ``audit_config.json``, ``prompts/``, ``trajectories/``, ``audit.json``,
+        ``figures/`` and ``report.html``. A folder holding another configuration is refused.
+    severity : Severity, optional
+        ``severity(pixels (N, C, H, W), image (C, H, W)) -> (N,)`` scores, a ``name`` and a copy
+        ``threshold``. Default: :class:`~diffmem.audit.severity.PixelCosine` (cosine of mean-centred
+        pixels, threshold 0.9).
+    progress : bool
+        Show a progress bar over the prompts.
+
+    Returns
+    -------
+    AuditResult
+        The aggregate; ``result.to_dict()`` is what ``out/audit.json`` holds.
+
+    Raises
+    ------
+    ValueError
+        An invalid configuration, no prompts or repeated keys, ``out`` holding another configuration,
+        or a key whose saved prompt is another prompt.
+
+    Examples
+    --------
+    >>> from diffmem.audit import AuditConfig, build_testbed, run_audit
+    >>> model, specs = build_testbed("runs/audit/testbed")  # doctest: +SKIP
+    >>> res = run_audit(model, specs, AuditConfig(seeds=4), "runs/audit")  # doctest: +SKIP
+    >>> res.summary["memorized"]["overestimation_a"] > res.summary["normal"]["overestimation_a"]  # doctest: +SKIP
+    True
+    """
     from tqdm.auto import tqdm
 
     t_start = time.time()
@@ -253,8 +367,9 @@ def run_audit(
             rec = io.read_json(path)
             if rec.get("prompt") != spec.prompt or rec.get("label") != spec.label:
                 raise ValueError(
-                    f"{path} holds prompt {rec.get('prompt')!r} (label {rec.get('label')!r}) but key {spec.key!r} now names "
-                    f"{spec.prompt!r} (label {spec.label!r}); give prompts stable unique keys or use a new --out folder"
+                    f"{path} holds prompt {rec.get('prompt')!r} (label {rec.get('label')!r}) but key {spec.key!r} "
+                    f"now names {spec.prompt!r} (label {spec.label!r}); "
+                    "give prompts stable unique keys or use a new --out folder"
                 )
         else:
             rec = io.jsonable(_audit_prompt(model, spec, cfg, ks, seeds, severity, out))  # as read back on resume
@@ -273,7 +388,7 @@ def _aggregate(
     ks: list[int],
     computed: int,
     t_start: float,
-) -> dict:
+) -> AuditResult:
     from .report import audit_figures, write_audit_html
 
     labels = [p["label"] for p in prompts]
@@ -300,7 +415,7 @@ def _aggregate(
     figs = audit_figures(res, prompts, out / "figures")
     write_audit_html(res, figs, out / "report.html")
     now = time.time()
-    res["timings"] = {
+    timings = {
         "prompts_computed": computed,
         "prompts_reused": len(prompts) - computed,
         "record_s": sum(p["seconds"]["record"] for p in prompts),
@@ -310,9 +425,9 @@ def _aggregate(
         "figures_s": now - t_fig,
         "wall_s": now - t_start,
     }
-    res = io.jsonable(res)
-    io.write_json(out / "audit.json", res)
-    return res
+    result = AuditResult(**io.jsonable({**res, "timings": timings}))
+    io.write_json(out / "audit.json", result)
+    return result
 
 
 def load_trajectory(out: str | Path, key: str) -> Trajectory:

@@ -23,7 +23,8 @@ def match_to_reference(generated: torch.Tensor, reference: torch.Tensor) -> tupl
     r = torch.as_tensor(reference).detach().to(torch.float64).cpu()
     if g.ndim != 4 or r.ndim != 3:
         raise ValueError(
-            f"severity needs generated images (N, C, H, W) and a reference (C, H, W), got {tuple(g.shape)} and {tuple(r.shape)}"
+            "severity needs generated images (N, C, H, W) and a reference (C, H, W), "
+            f"got {tuple(g.shape)} and {tuple(r.shape)}"
         )
     if g.shape[1] != r.shape[0]:
         g, r = g.mean(1, keepdim=True), r.mean(0, keepdim=True)
@@ -58,6 +59,3 @@ class PixelCosine:
         den = g.norm(dim=1) * r.norm()
         out = torch.where(den > 0, (g @ r) / den.clamp_min(1e-300), torch.zeros_like(den))
         return out.numpy()
-
-    def to_dict(self) -> dict:
-        return {"name": self.name, "threshold": self.threshold, "centered": self.centered}

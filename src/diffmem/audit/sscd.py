@@ -44,7 +44,7 @@ class SSCDSeverity:
         if not path.is_file():
             raise FileNotFoundError(
                 f"no SSCD model file at {path}; download a TorchScript model such as sscd_disc_mixup.torchscript.pt "
-                "from github.com/facebookresearch/sscd-copy-detection and pass its local path"
+                "from the SSCD repository (facebookresearch/sscd-copy-detection on GitHub) and pass its local path"
             )
         if not -1.0 <= float(threshold) <= 1.0:
             raise ValueError(f"threshold is a cosine similarity and must lie in [-1, 1], got {threshold}")
@@ -113,13 +113,3 @@ class SSCDSeverity:
         g = self.descriptors(generated)
         r = self.descriptors(reference.unsqueeze(0))
         return (g @ r[0]).numpy()
-
-    def to_dict(self) -> dict:
-        return {
-            "name": self.name,
-            "path": self.path,
-            "threshold": self.threshold,
-            "size": self.size,
-            "normalisation": {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
-            "dim": self.dim,
-        }

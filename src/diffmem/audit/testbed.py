@@ -35,6 +35,7 @@ whether a sample shows the caption's digit.
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from dataclasses import dataclass
@@ -45,11 +46,13 @@ import torch
 
 from .. import io
 from ..config import claim_folder, to_dict
+from ..metrics.losses import eps_loss
 from ..models import ResidualMLP
-from ..schedule import Schedule
+from ..schedule import Schedule, scaled_linear
+from ..state import restore_training_state, training_state
 from .protocol import PromptSpec
 
-__all__ = ["DigitClassifier", "TestbedConfig", "TestbedModel", "build_testbed", "scaled_linear", "testbed_captions"]
+__all__ = ["DigitClassifier", "TestbedConfig", "TestbedModel", "build_testbed", "testbed_captions"]
 
 _NAMES = (
     "amber",
@@ -75,35 +78,42 @@ _NAMES = (
 )
 
 
-def scaled_linear(T: int = 1000, beta_start: float = 0.00085, beta_end: float = 0.012) -> Schedule:
-    """Stable Diffusion's schedule: betas linear in square-root space, ``linspace(sqrt(b0), sqrt(b1), T)**2``."""
-    if int(T) != T or T < 2:
-        raise ValueError(f"T must be an integer >= 2, got {T}")
-    if not 0 < beta_start <= beta_end < 1:
-        raise ValueError(f"need 0 < beta_start <= beta_end < 1, got {beta_start}, {beta_end}")
-    return Schedule(torch.linspace(beta_start**0.5, beta_end**0.5, int(T), dtype=torch.float64) ** 2)
-
-
 @dataclass(frozen=True)
 class TestbedConfig:
     """How the testbed is built (saved as ``testbed.json`` in its folder; a mismatch is refused)."""
 
     n_memorized: int = 12
+    """Memorized captions, each bound to ONE training image (at most 20)."""
     n_partial: int = 12
-    partial_size: int = 4  # images per partial caption (anchor + nearest neighbours)
-    n_generic: int = 20  # "scanner" captions, each over a random 1/n_generic of the unused images
+    """Partial captions, each bound to a small cluster of near images of one digit (at most 20)."""
+    partial_size: int = 4
+    """Images per partial caption: an anchor (the reference image) and its nearest neighbours."""
+    n_generic: int = 20
+    """"scanner" captions, each over a random 1/n_generic of the images no other caption owns."""
     width: int = 256
+    """Width of the residual MLP."""
     blocks: int = 3
+    """Residual blocks of the MLP."""
     steps: int = 8000
+    """Adam steps of testbed training."""
     batch_size: int = 256
+    """Training batch size."""
     lr: float = 1e-3
+    """Peak learning rate (cosine decay to 0 over the steps)."""
     cond_dropout: float = 0.1
+    """Probability that a training caption is replaced by the empty one (trains the unconditional branch)."""
     scale: float = 2.0
+    """Model space is scale * (pixels - mean pixel image)."""
     T: int = 1000
+    """Diffusion steps of the noise schedule."""
     beta_start: float = 0.00085
+    """First beta of Stable Diffusion's scaled_linear schedule."""
     beta_end: float = 0.012
+    """Last beta of Stable Diffusion's scaled_linear schedule."""
     resume_every: int = 500
+    """Write the training state every this many steps (a killed build resumes from there)."""
     seed: int = 0
+    """Seed of the captions, the network's initialisation and the training draws."""
 
     def validate(self) -> None:
         if not 1 <= self.n_memorized <= len(_NAMES) or not 0 <= self.n_partial <= len(_NAMES):
@@ -201,7 +211,7 @@ class TestbedModel:
         self.captions = captions
         self.index = {c.text: i for i, c in enumerate(captions)}
         self.mean = mean.to(torch.float32)
-        self.latent_shape = (1, 8, 8)
+        self.latent_shape: tuple[int, ...] = (1, 8, 8)
         self.schedule = cfg.schedule()
         self._classifier: DigitClassifier | None = None
 
@@ -259,15 +269,12 @@ def _train(
     start = 0
     if state_path.exists():
         st, _ = io.load_tensors(state_path)
-        net.load_state_dict({k[4:]: v for k, v in st.items() if k.startswith("net.")})
-        state: dict[int, dict] = {}
-        for k, v in st.items():
-            if k.startswith("opt."):
-                _, i, key = k.split(".", 2)
-                state.setdefault(int(i), {})[key] = v
-        opt.load_state_dict({"state": state, "param_groups": opt.state_dict()["param_groups"]})
-        gen.set_state(st["rng"])
-        start = int(st["step"])
+        if "rng.loop" not in st:
+            raise ValueError(
+                f"{state_path} was written by an older diffmem (another layout of the training state); "
+                "delete it to train the testbed from the start"
+            )
+        start = restore_training_state(st, net, opt, gen)
     ab = cfg.schedule().alphas_cumprod.to(torch.float32)
     n_cap = len(caps)
     sizes = torch.tensor([len(c.images) for c in caps])
@@ -285,8 +292,7 @@ def _train(
             cond = torch.where(drop, torch.full_like(ci, n_cap), ci)
             k = torch.randint(1, cfg.T, (b,), generator=gen)
             eps = torch.randn(x0.shape, generator=gen)
-            a = ab[k].reshape(-1, 1, 1, 1)
-            loss = ((net(a.sqrt() * x0 + (1 - a).sqrt() * eps, k.float(), cond) - eps) ** 2).mean()
+            loss = eps_loss(functools.partial(net, cond=cond), x0, k, eps, ab, reduction="mean")
             for gr in opt.param_groups:
                 gr["lr"] = _lr(cfg, step)
             opt.zero_grad(set_to_none=True)
@@ -295,13 +301,7 @@ def _train(
             if not math.isfinite(loss.item()):
                 raise FloatingPointError(f"testbed training diverged at step {step}; lower lr")
             if step % cfg.resume_every == 0 or step == cfg.steps:
-                tens = {f"net.{k_}": v for k_, v in net.state_dict().items()}
-                for i, st_ in opt.state_dict()["state"].items():
-                    for key, val in st_.items():
-                        tens[f"opt.{i}.{key}"] = val if isinstance(val, torch.Tensor) else torch.tensor(val)
-                tens["rng"] = gen.get_state()
-                tens["step"] = torch.tensor(step)
-                io.save_tensors(state_path, tens)
+                io.save_tensors(state_path, training_state(step, net, opt, gen, global_rng=False))
             if step % 50 == 0:
                 bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
                 bar.update(50 if step - 50 >= start else step - start)
@@ -341,7 +341,7 @@ def build_testbed(
         net.load_state_dict(io.load_tensors(weights)[0])
     else:
         threads = torch.get_num_threads()
-        torch.set_num_threads(1)  # small MLPs are fastest single-threaded (SCIENCE.md section 6)
+        torch.set_num_threads(1)  # a small MLP's matmuls are faster on one thread than split across several
         try:
             _train(cfg, folder, net, caps, x_all, progress)
         finally:

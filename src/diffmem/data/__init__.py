@@ -4,7 +4,7 @@ A :class:`Images` holds raw images in pixel units ``[0, 1]`` with shape ``(N, C,
 :func:`split` turns it into a :class:`Split`: a held-out test set and a training subset of size n,
 both mapped to model space as ``scale * (pixels - mean)`` where ``mean`` is the per-pixel mean of
 the whole training pool (every image not in the test set), so that runs with different n and
-different subsets live in the same space (SCIENCE.md section 2: pixels in [0,1] minus the
+different subsets live in the same space (the paper's convention: pixels in [0,1] minus the
 training-set mean).
 
 Sources: :func:`digits` (scikit-learn's 8x8 digits, shipped in its wheel: no download),

@@ -219,7 +219,32 @@ def frechet_distance(mu1: np.ndarray, s1: np.ndarray, mu2: np.ndarray, s2: np.nd
 
 
 def frechet(fake: torch.Tensor, real: torch.Tensor, space: FeatureSpace | str = "auto") -> float:
-    """Fréchet distance between image sets ``fake`` and ``real`` (N, C, H, W) in [0, 1]."""
+    """Fréchet distance between two image sets in a stated feature space.
+
+    ``|mu_f - mu_r|^2 + Tr(S_f + S_r - 2 (S_f^1/2 S_r S_f^1/2)^1/2)`` between Gaussians fitted
+    (float64) to the features of each set. FID is this distance in Inception pool features; every
+    record that reports one names its space.
+
+    Parameters
+    ----------
+    fake, real : torch.Tensor, shape (N, C, H, W) and (M, C, H, W)
+        Pixel values in [0, 1], same image shape.
+    space : FeatureSpace or str
+        ``"auto"`` (the embedded digits features for 8x8 grayscale images, else pixels),
+        ``"digits"``, ``"pixels"``, the path of a TorchScript feature network, or a FeatureSpace.
+
+    Returns
+    -------
+    float
+        The distance (>= 0; the square root of the trace term is taken on a symmetric PSD matrix).
+
+    Examples
+    --------
+    >>> import torch
+    >>> a = torch.rand(200, 1, 4, 4)
+    >>> round(frechet(a, a, "pixels"), 6)
+    0.0
+    """
     fake = _check_pixels(fake, "generated images")
     real = _check_pixels(real, "reference images")
     if fake.shape[1:] != real.shape[1:]:

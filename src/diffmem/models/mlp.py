@@ -1,4 +1,4 @@
-"""The residual MLP of the paper's Gaussian-mixture experiment (SCIENCE.md section 2).
+"""The residual MLP of the Gaussian-mixture experiment of Bonnaire et al. (2025, supplementary).
 
 Layout: Linear d->W; three residual blocks ``h <- h + L2(GELU(L1(LayerNorm(h + e(t)))))`` with the
 sinusoidal time encoding ``e(t)`` (width W, no parameters) added in each block; Linear W->d.

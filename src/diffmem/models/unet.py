@@ -1,4 +1,4 @@
-"""The DDPM U-Net of paper M (SCIENCE.md section 2): eps-prediction on images ``(B, C, H, W)``.
+"""The DDPM U-Net of Bonnaire et al. (2025): eps-prediction on images ``(B, C, H, W)``.
 
 Layout, for base width ``W`` and channel multipliers ``(1, 2, 4)`` (levels at H, H/2, H/4):
 

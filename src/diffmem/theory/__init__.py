@@ -3,10 +3,14 @@
 * :func:`rf_constants` — Gaussian-equivalent constants a_t, b_t, v_t^2, s_t^2 (Gauss-Hermite quadrature).
 * :func:`spectral_density` — eigenvalue density of U from the self-consistent equations (Theorem 3.1),
   :func:`asymptotic_spectrum` — the large-psi law (Theorem 3.2).
-* :func:`make_problem`, :func:`exact_matrices`, :func:`population_matrices`, :func:`gaussian_equivalent` — finite-size matrices.
+* :func:`make_problem`, :func:`exact_matrices`, :func:`population_matrices`, :func:`gaussian_equivalent`
+  — finite-size matrices.
 * :func:`closed_form_losses`, :func:`gaussian_equivalent_curves`, :func:`exact_curves`, :func:`simulate_gd`,
-  :func:`predicted_times` — training dynamics, tau_gen, tau_mem.
+  :func:`predicted_times` — training dynamics (gradient flow of the loss), tau_gen, tau_mem.
 * :func:`phase_diagram` — L_gen over (psi_n, psi_p) at given training times.
+* :mod:`diffmem.theory.run` — the three jobs behind ``diffmem theory spectrum | dynamics | phase``.
+
+The equations, conventions and file formats are in docs/theory.md.
 
 Names load lazily (PEP 562), so ``import diffmem.theory.cli`` does not import numpy.
 """
@@ -15,7 +19,7 @@ import importlib
 
 _WHERE = {
     "constants": ["RFConstants", "rf_constants"],
-    "dynamics": [
+    "gradient_flow": [
         "LossCurves",
         "closed_form_losses",
         "default_taus",

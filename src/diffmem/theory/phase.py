@@ -1,7 +1,7 @@
 """Phase diagram of the random-features model: L_gen = L_test - L_train over (psi_n, psi_p) at given training times.
 
 Every grid point is one draw of the Gaussian-equivalent model at a finite d, solved in closed form
-(:func:`diffmem.theory.dynamics.gaussian_equivalent_curves`), so all training times come from one
+(:func:`diffmem.theory.gradient_flow.gaussian_equivalent_curves`), so all training times come from one
 eigen-decomposition. The memorisation boundary at time tau is where L_gen crosses ``threshold``; at
 tau = inf it approaches the architectural threshold n* = p (psi_n = psi_p).
 """
@@ -9,26 +9,29 @@ tau = inf it approaches the architectural threshold n* = p (psi_n = psi_p).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+from numpy.typing import ArrayLike
 
-from .constants import rf_constants
-from .dynamics import gaussian_equivalent_curves
-from .simulation import as_generator, make_problem
+from .constants import Activation, rf_constants
+from .gradient_flow import gaussian_equivalent_curves
+from .simulation import Seed, as_generator, make_problem
 
 __all__ = ["PhaseDiagram", "boundary", "phase_diagram"]
 
 
 @dataclass
 class PhaseDiagram:
+    """Losses on a (tau, psi_n, psi_p) grid (see :func:`phase_diagram`); arrays are float64."""
+
     psi_n: np.ndarray  # (N,)
     psi_p: np.ndarray  # (P,)
-    taus: np.ndarray  # (T,)
-    L_gen: np.ndarray  # (T, N, P)
-    L_train: np.ndarray
-    L_test: np.ndarray
+    taus: np.ndarray  # (T,), inf allowed
+    L_gen: np.ndarray  # (T, N, P), L_test - L_train
+    L_train: np.ndarray  # (T, N, P)
+    L_test: np.ndarray  # (T, N, P)
     threshold: float
     meta: dict
 
@@ -52,6 +55,8 @@ class PhaseDiagram:
 
 
 def boundary(psi_n: np.ndarray, L_gen: np.ndarray, threshold: float) -> np.ndarray:
+    """(T, P) array: for each time and psi_p, the psi_n of the last crossing of ``threshold`` from above as
+    psi_n grows (linear in log psi_n between grid points); NaN where L_gen never crosses it."""
     T, N, P = L_gen.shape
     out = np.full((T, P), np.nan)
     x = np.log(psi_n)
@@ -68,55 +73,103 @@ def boundary(psi_n: np.ndarray, L_gen: np.ndarray, threshold: float) -> np.ndarr
 
 def phase_diagram(
     t: float,
-    psi_n: Sequence[float],
-    psi_p: Sequence[float],
-    taus: Sequence[float],
+    psi_n: ArrayLike,
+    psi_p: ArrayLike,
+    taus: ArrayLike,
     *,
     d: int = 32,
     sigma_x: float = 1.0,
-    activation="tanh",
+    activation: Activation = "tanh",
     threshold: float = 0.25,
-    seed=None,
+    seed: Seed = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> PhaseDiagram:
-    """L_gen on the (psi_n, psi_p) grid at each tau (rescaled time; ``inf`` for the end of training)."""
-    psi_n = np.asarray(psi_n, dtype=np.float64)
-    psi_p = np.asarray(psi_p, dtype=np.float64)
-    taus = np.asarray(taus, dtype=np.float64)
+    """L_gen = L_test - L_train on the (psi_n, psi_p) grid at each training time.
+
+    Each grid point is one draw (W, X, Omega) of the Gaussian-equivalent model at dimension ``d``, solved
+    in closed form for all ``taus`` at once; the draws come one after the other from one generator.
+
+    Parameters
+    ----------
+    t : float
+        OU diffusion time, > 0 (Delta_t = 1 - e^{-2t}).
+    psi_n : array_like of float, shape (N,)
+        n/d values, strictly increasing, > 0, at least two.
+    psi_p : array_like of float, shape (P,)
+        p/d values, > 0, at least one.
+    taus : array_like of float, shape (T,)
+        Rescaled training times tau = k eta / d^2, >= 0; ``math.inf`` is the end of training.
+    d : int, default 32
+        Data dimension of each draw (p = round(psi_p d), n = round(psi_n d)).
+    sigma_x : float, default 1.0
+        Data scale: x ~ N(0, sigma_x^2 I).
+    activation : {"tanh", "relu", "linear"} or callable, default "tanh"
+        Feature non-linearity.
+    threshold : float, default 0.25
+        L_gen level that defines the memorisation boundary.
+    seed : int, list of int, numpy.random.Generator or None
+        Seed of the draws.
+    progress : callable (done, total) -> None, optional
+        Called after each grid point.
+
+    Returns
+    -------
+    PhaseDiagram
+        ``psi_n`` (N,), ``psi_p`` (P,), ``taus`` (T,) as float64 arrays; ``L_gen``, ``L_train``, ``L_test``
+        float64 arrays of shape (T, N, P); ``threshold``; ``meta`` (t, d, constants, method).
+        ``boundary()`` gives the (T, P) boundary in psi_n, ``to_dict()`` the JSON-able form.
+
+    Raises
+    ------
+    ValueError
+        For grids that are empty, not positive or (psi_n) not increasing, negative or NaN times, d < 2.
+
+    Examples
+    --------
+    >>> import math
+    >>> pd = phase_diagram(0.1, [1.0, 4.0, 16.0], [4.0], [100.0, math.inf], d=6, seed=0)
+    >>> pd.L_gen.shape
+    (2, 3, 1)
+    >>> pd.to_dict()["tau"]
+    [100.0, 'inf']
+    """
+    pn_grid = np.asarray(psi_n, dtype=np.float64)
+    pp_grid = np.asarray(psi_p, dtype=np.float64)
+    tau = np.asarray(taus, dtype=np.float64)
     if (
-        psi_n.ndim != 1
-        or psi_p.ndim != 1
-        or psi_n.size < 2
-        or psi_p.size < 1
-        or np.any(psi_n <= 0)
-        or np.any(psi_p <= 0)
+        pn_grid.ndim != 1
+        or pp_grid.ndim != 1
+        or pn_grid.size < 2
+        or pp_grid.size < 1
+        or np.any(pn_grid <= 0)
+        or np.any(pp_grid <= 0)
     ):
         raise ValueError("psi_n (>= 2 values) and psi_p (>= 1 value) must be lists of numbers > 0")
-    if np.any(np.diff(psi_n) <= 0):
+    if np.any(np.diff(pn_grid) <= 0):
         raise ValueError("psi_n must be strictly increasing")
-    if taus.size < 1 or np.any(np.isnan(taus)) or np.any(taus < 0):
+    if tau.size < 1 or np.any(np.isnan(tau)) or np.any(tau < 0):
         raise ValueError("taus must be numbers >= 0 (inf allowed)")
     if not (isinstance(d, (int, np.integer)) and d >= 2):
         raise ValueError(f"d must be an integer >= 2 (got {d!r})")
     c = rf_constants(t, sigma_x, activation)
     rng = as_generator(seed)
-    T, N, P = taus.size, psi_n.size, psi_p.size
+    T, N, P = tau.size, pn_grid.size, pp_grid.size
     Ltr = np.zeros((T, N, P))
     Lte = np.zeros((T, N, P))
     k = 0
-    for i, pn in enumerate(psi_n):
-        for j, pp in enumerate(psi_p):
+    for i, pn in enumerate(pn_grid):
+        for j, pp in enumerate(pp_grid):
             prob = make_problem(d, float(pp), float(pn), t, sigma_x=sigma_x, activation=activation, seed=rng)
-            cur = gaussian_equivalent_curves(prob, taus, constants=c, seed=rng)
+            cur = gaussian_equivalent_curves(prob, tau, constants=c, seed=rng)
             Ltr[:, i, j] = cur.L_train
             Lte[:, i, j] = cur.L_test
             k += 1
             if progress is not None:
                 progress(k, N * P)
     return PhaseDiagram(
-        psi_n,
-        psi_p,
-        taus,
+        pn_grid,
+        pp_grid,
+        tau,
         Lte - Ltr,
         Ltr,
         Lte,

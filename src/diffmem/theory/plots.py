@@ -1,47 +1,54 @@
 """Figures for the random-features theory (matplotlib, Agg backend). Each function takes the JSON-able result
-dict written by :mod:`diffmem.theory.run` and a path, so figures can be redrawn from saved results."""
+dict written by :mod:`diffmem.theory.run` and a path, so figures can be redrawn from saved results.
+
+The figures use the shared helpers of :mod:`diffmem.figures` with the theory's own compact style (small
+fonts, no top/right spines) at 150 dpi; the style is applied only while a figure is drawn and saved.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from ..figures import pyplot, save_png
+
 __all__ = ["plot_dynamics", "plot_phase", "plot_spectrum"]
 
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    plt.rcParams.update(
-        {
-            "font.size": 9,
-            "axes.labelsize": 10,
-            "axes.titlesize": 10,
-            "legend.fontsize": 8,
-            "figure.dpi": 150,
-            "axes.spines.top": False,
-            "axes.spines.right": False,
-        }
-    )
-    return plt
+DPI = 150
+_STYLE = {
+    "font.size": 9,
+    "axes.labelsize": 10,
+    "axes.titlesize": 10,
+    "legend.fontsize": 8,
+    "figure.dpi": DPI,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+}
 
 
-def _save(fig, path) -> str:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, bbox_inches="tight")
-    tmp.replace(path)
-    return str(path)
+@contextmanager
+def _styled() -> Iterator[Any]:
+    """``matplotlib.pyplot`` with the theory's rcParams in force (restored on exit)."""
+    plt = pyplot()
+    with plt.rc_context(_STYLE):
+        yield plt
 
 
-def plot_spectrum(result: dict, path) -> str:
-    """Density (theory) over the simulated eigenvalue histogram, on a log lambda axis; one panel per bulk region."""
-    plt = _plt()
+def _save(fig: Any, path: str | Path) -> str:
+    return str(save_png(fig, path, dpi=DPI))
+
+
+def plot_spectrum(result: dict, path: str | Path) -> str:
+    """lambda rho(lambda) of the theory over the simulated eigenvalue histogram, against log lambda."""
+    with _styled() as plt:
+        return _draw_spectrum(plt, result, path)
+
+
+def _draw_spectrum(plt: Any, result: dict, path: str | Path) -> str:
     lam = np.asarray(result["lambda"])
     rho = np.asarray(result["density"])
     cfg = result["config"]
@@ -83,9 +90,13 @@ def plot_spectrum(result: dict, path) -> str:
     return _save(fig, path)
 
 
-def plot_dynamics(result: dict, path) -> str:
+def plot_dynamics(result: dict, path: str | Path) -> str:
     """Train/test losses and the score error against tau / tau_mem, one colour per psi_n."""
-    plt = _plt()
+    with _styled() as plt:
+        return _draw_dynamics(plt, result, path)
+
+
+def _draw_dynamics(plt: Any, result: dict, path: str | Path) -> str:
     runs = result["runs"]
     fig, axes = plt.subplots(1, 2, figsize=(8.4, 3.3))
     cmap = plt.get_cmap("viridis")
@@ -122,9 +133,13 @@ def plot_dynamics(result: dict, path) -> str:
     return _save(fig, path)
 
 
-def plot_phase(result: dict, path) -> str:
+def plot_phase(result: dict, path: str | Path) -> str:
     """L_gen over (psi_n, psi_p), one panel per training time, with the boundary and the line n = p."""
-    plt = _plt()
+    with _styled() as plt:
+        return _draw_phase(plt, result, path)
+
+
+def _draw_phase(plt: Any, result: dict, path: str | Path) -> str:
     from matplotlib.colors import LogNorm
     from matplotlib.ticker import LogLocator, NullFormatter
 

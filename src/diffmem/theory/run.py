@@ -1,5 +1,10 @@
 """The three theory jobs (spectrum, dynamics, phase): a frozen configuration in, a JSON-able result out, files
-written atomically into an output folder. The CLI (:mod:`diffmem.theory.cli`) is a thin layer over these."""
+written atomically into an output folder. The CLI (:mod:`diffmem.theory.cli`) is a thin layer over these: each
+field of a configuration is one command-line flag, and its docstring is the flag's help.
+
+Files are written with :func:`diffmem.io.write_json`: ``+inf`` becomes the string ``"inf"``, ``-inf`` ``"-inf"``
+and NaN ``null`` (the contents of spectrum.json, dynamics.json and phase.json are listed in docs/theory.md).
+"""
 
 from __future__ import annotations
 
@@ -8,42 +13,61 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
 
 __all__ = [
     "DynamicsConfig",
     "PhaseConfig",
     "SpectrumConfig",
+    "config_dict",
     "run_dynamics",
     "run_phase",
     "run_spectrum",
 ]
 
+ActivationName = Literal["tanh", "relu", "linear"]
+MatrixKind = Literal["gaussian_equivalent", "exact"]
 
-def _positive(name, v):
+
+def _positive(name: str, v: Any) -> None:
     if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
         raise ValueError(f"--{name.replace('_', '-')} must be a finite number > 0 (got {v!r})")
 
 
 @dataclass(frozen=True)
 class SpectrumConfig:
+    """Configuration of :func:`run_spectrum` (``diffmem theory spectrum``)."""
+
     psi_p: float = 64.0
+    """p/d, the number of random features per data dimension."""
     psi_n: float = 8.0
+    """n/d, the number of training points per data dimension."""
     t: float = 0.01
+    """Diffusion time t (OU time; Delta_t = 1 - e^{-2t})."""
     sigma_x: float = 1.0
-    activation: str = "tanh"
+    """Data scale: Sigma = sigma_x^2 I."""
+    activation: ActivationName = "tanh"
+    """Feature non-linearity."""
     n_points: int = 400
-    sigma_eigs: tuple | None = None
-    sigma_weights: tuple | None = None
-    simulate: bool = False  # also draw a finite-size U and histogram its eigenvalues
-    matrix: str = (
-        "gaussian_equivalent"  # which U to simulate: "gaussian_equivalent" (low rank, fast) or "exact" (tanh U, O(p^3))
-    )
-    d: int = 100  # size of the simulation
+    """Grid points of the density."""
+    sigma_eigs: tuple[float, ...] | None = None
+    """Eigenvalues of the data covariance (a discrete mixture); replaces sigma_x."""
+    sigma_weights: tuple[float, ...] | None = None
+    """Weights of sigma_eigs (default equal)."""
+    simulate: bool = False
+    """Also histogram the eigenvalues of a simulated U at size d (see matrix)."""
+    matrix: MatrixKind = "gaussian_equivalent"
+    """Simulated U: Gaussian equivalent (low rank, fast) or the exact U with the noise averaged analytically
+    (O(p^3))."""
+    d: int = 100
+    """Data dimension of the simulation."""
     bins: int = 120
+    """Histogram bins."""
     seed: int = 0
+    """Random seed for the simulated matrices."""
 
     def validate(self) -> None:
         for k in ("psi_p", "psi_n", "t", "sigma_x"):
@@ -58,20 +82,37 @@ class SpectrumConfig:
 
 @dataclass(frozen=True)
 class DynamicsConfig:
+    """Configuration of :func:`run_dynamics` (``diffmem theory dynamics``)."""
+
     psi_p: float = 64.0
-    psi_n: tuple = (4.0, 8.0, 16.0, 32.0)
+    """p/d, the number of random features per data dimension."""
+    psi_n: tuple[float, ...] = (4.0, 8.0, 16.0, 32.0)
+    """n/d values, one run each."""
     t: float = 0.1
+    """Diffusion time t (OU time; Delta_t = 1 - e^{-2t})."""
     d: int = 100
+    """Data dimension of the finite-size draw."""
     sigma_x: float = 1.0
-    activation: str = "tanh"
-    method: str = "gaussian_equivalent"  # or "exact" (dense p x p, for p up to a few thousand)
+    """Data scale: Sigma = sigma_x^2 I."""
+    activation: ActivationName = "tanh"
+    """Feature non-linearity."""
+    method: MatrixKind = "gaussian_equivalent"
+    """Matrices of the closed form: Gaussian equivalent (fast) or exact (dense p x p, for p up to a few
+    thousand)."""
     n_taus: int = 80
-    tau_min_ratio: float = 1e-4  # tau grid from tau_min_ratio * tau_mem ...
-    tau_max_ratio: float = 100.0  # ... to tau_max_ratio * tau_mem
-    gd: bool = False  # also run the explicit gradient-descent check
+    """Points of the time grid."""
+    tau_min_ratio: float = 1e-4
+    """First time of the grid as a multiple of tau_mem."""
+    tau_max_ratio: float = 100.0
+    """Last time of the grid as a multiple of tau_mem."""
+    gd: bool = False
+    """Also run explicit gradient descent (fresh noise per step) as a check."""
     gd_max_steps: int = 3000
-    gd_dtau_frac: float = 0.25  # GD step as a fraction of the stability limit psi_p / (Delta lam_max)
+    """Cap on gradient-descent steps per psi_n."""
+    gd_dtau_frac: float = 0.25
+    """Gradient-descent step as a fraction of the stability limit psi_p / (Delta_t lam_max)."""
     seed: int = 0
+    """Random seed for the simulated matrices."""
 
     def validate(self) -> None:
         for k in ("psi_p", "t", "sigma_x", "tau_min_ratio", "tau_max_ratio", "gd_dtau_frac"):
@@ -86,17 +127,40 @@ class DynamicsConfig:
             raise ValueError("--tau-min-ratio must be smaller than --tau-max-ratio")
 
 
+# numpy.geomspace(1, 128, 15) and numpy.geomspace(2, 64, 11), written out to the last bit so that building the
+# command line does not import numpy (tests/test_theory.py checks they are equal)
+_GEOM_1_128_15 = (
+    1.0, 1.4142135623730951, 2.0, 2.82842712474619, 4.0, 5.656854249492381, 7.999999999999999, 11.31370849898476,
+    16.0, 22.627416997969522, 32.00000000000001, 45.25483399593905, 63.999999999999986, 90.50966799187808, 128.0,
+)  # fmt: skip
+_GEOM_2_64_11 = (
+    2.0, 2.82842712474619, 3.999999999999999, 5.656854249492379, 7.999999999999999, 11.31370849898476,
+    15.999999999999993, 22.62741699796951, 31.99999999999999, 45.25483399593903, 64.0,
+)  # fmt: skip
+
+
 @dataclass(frozen=True)
 class PhaseConfig:
+    """Configuration of :func:`run_phase` (``diffmem theory phase``)."""
+
     t: float = 0.1
-    psi_n: tuple = tuple(float(x) for x in np.geomspace(1, 128, 15))
-    psi_p: tuple = tuple(float(x) for x in np.geomspace(2, 64, 11))
-    taus: tuple = (100.0, 1000.0, 10000.0, math.inf)
+    """Diffusion time t (OU time; Delta_t = 1 - e^{-2t})."""
+    psi_n: tuple[float, ...] = _GEOM_1_128_15
+    """Grid of n/d, increasing; by default 15 values geometric from 1 to 128."""
+    psi_p: tuple[float, ...] = _GEOM_2_64_11
+    """Grid of p/d; by default 11 values geometric from 2 to 64."""
+    taus: tuple[float, ...] = (100.0, 1000.0, 10000.0, math.inf)
+    """Rescaled training times tau = k eta / d^2; 'inf' is the end of training."""
     d: int = 32
+    """Data dimension of each draw."""
     sigma_x: float = 1.0
-    activation: str = "tanh"
-    threshold: float = 0.25  # L_gen level of the boundary (losses are 1 - O(Delta_t); see docs/theory.md)
+    """Data scale: Sigma = sigma_x^2 I."""
+    activation: ActivationName = "tanh"
+    """Feature non-linearity."""
+    threshold: float = 0.25
+    """L_gen level that defines the boundary (losses are 1 - O(Delta_t); see docs/theory.md)."""
     seed: int = 0
+    """Random seed for the simulated matrices."""
 
     def validate(self) -> None:
         for k in ("t", "sigma_x", "threshold"):
@@ -111,14 +175,46 @@ class PhaseConfig:
             raise ValueError(f"--d must be >= 2 (got {self.d})")
 
 
-def config_dict(cfg) -> dict:
+def config_dict(cfg: SpectrumConfig | DynamicsConfig | PhaseConfig) -> dict:
+    """The configuration as plain JSON types (``math.inf`` written as ``"inf"``)."""
     from ..io import jsonable
 
     return jsonable(asdict(cfg))
 
 
 # --------------------------------------------------------------------------------------------------- spectrum
-def run_spectrum(cfg: SpectrumConfig, out: Path | None = None, plot: bool = False) -> dict:
+def run_spectrum(cfg: SpectrumConfig, out: str | Path | None = None, plot: bool = False) -> dict[str, Any]:
+    """Solve the spectrum equations (Theorem 3.1) for one configuration; optionally simulate a finite U.
+
+    Parameters
+    ----------
+    cfg : SpectrumConfig
+        The configuration; validated first (``ValueError`` naming the flag if it is not valid).
+    out : str or Path, optional
+        Folder to write ``spectrum.json`` into (created if needed); ``None`` writes nothing.
+    plot : bool, default False
+        Also draw ``figures/spectrum.png`` under ``out`` (needs ``out``).
+
+    Returns
+    -------
+    dict
+        Plain JSON types, as written to spectrum.json: ``config``; ``constants`` (a_t, b_t, v_t2, s_t2,
+        delta_t, gamma_t, alpha, ...); ``lambda`` and ``density`` (lists of ``cfg.n_points`` floats: the grid
+        and the continuous part of the eigenvalue density of U); ``converged`` (list of bool) and
+        ``n_unconverged``; ``delta_peak_weight`` (exact, max(0, 1 - (1 + psi_n)/psi_p)) and
+        ``delta_peak_weight_solver``; ``edges`` ([[lo, hi], ...] of the bulks); ``lambda_min``; ``mass`` and
+        ``mass_expected``; ``asymptotic`` and ``asymptotic_density`` (Theorem 3.2, ``None`` for a mixture
+        covariance); ``solver_seconds``; with ``cfg.simulate`` also ``simulation`` (p, n, d, matrix,
+        histogram, ks_distance); with ``plot`` also ``figures`` (list of paths, not in the file).
+
+    Examples
+    --------
+    >>> res = run_spectrum(SpectrumConfig(n_points=50))
+    >>> len(res["density"]), res["n_unconverged"], round(res["delta_peak_weight"], 6)
+    (50, 0, 0.859375)
+    """
+    import numpy as np
+
     from .simulation import eigenvalue_histogram, gaussian_equivalent, ge_eigenvalues, make_problem
     from .spectrum import spectral_density
 
@@ -136,7 +232,7 @@ def run_spectrum(cfg: SpectrumConfig, out: Path | None = None, plot: bool = Fals
     )
     solve_s = time.perf_counter() - t0
     d = res.to_dict()
-    result = {
+    result: dict[str, Any] = {
         "config": config_dict(cfg),
         "constants": d["constants"],
         "lambda": d["lambda"],
@@ -195,8 +291,11 @@ def run_spectrum(cfg: SpectrumConfig, out: Path | None = None, plot: bool = Fals
     return result
 
 
-def _ks(res, rest) -> float:
-    """Kolmogorov distance between the theory's continuous part (normalised) and the eigenvalues outside the delta peak."""
+def _ks(res: Any, rest: np.ndarray) -> float:
+    """Kolmogorov distance between the theory's continuous part (normalised) and the eigenvalues outside the
+    delta peak."""
+    import numpy as np
+
     rest = np.sort(rest)
     F = res.cdf()
     F = F / F[-1]
@@ -208,12 +307,50 @@ def _ks(res, rest) -> float:
 # --------------------------------------------------------------------------------------------------- dynamics
 def run_dynamics(
     cfg: DynamicsConfig,
-    out: Path | None = None,
+    out: str | Path | None = None,
     plot: bool = False,
     progress: Callable[[str], None] | None = None,
-) -> dict:
+) -> dict[str, Any]:
+    """Closed-form training curves, tau_gen and tau_mem for each psi_n of one configuration.
+
+    For each psi_n: the spectrum (300 points) and the predicted times, a log-spaced grid of ``cfg.n_taus``
+    times from ``tau_min_ratio`` to ``tau_max_ratio`` times tau_mem, one draw of W, X at dimension ``cfg.d``
+    (seed ``[cfg.seed, i]``) and the closed-form L_train, L_test, L_gen, E_score on that grid; with ``cfg.gd``
+    also explicit gradient descent and its relative error to the closed forms.
+
+    Parameters
+    ----------
+    cfg : DynamicsConfig
+        The configuration; validated first (``ValueError`` naming the flag if it is not valid).
+    out : str or Path, optional
+        Folder to write ``dynamics.json`` into; ``None`` writes nothing.
+    plot : bool, default False
+        Also draw ``figures/dynamics.png`` under ``out``.
+    progress : callable (str) -> None, optional
+        Receives one-line progress messages.
+
+    Returns
+    -------
+    dict
+        Plain JSON types, as written to dynamics.json: ``config``, ``constants``, ``runs`` (one dict per psi_n:
+        ``psi_n``, ``p``, ``n``, ``predicted`` (tau_gen, tau_mem, ratio, lambda_min, tau_mem_finite, ...),
+        ``theory`` (lists tau, L_train, L_test, L_gen, E_score of length ``cfg.n_taus``), ``E_score_min``, and
+        with ``cfg.gd`` ``gd``, ``gd_reference_exact``, ``gd_relative_error``), ``tau_mem_fit``,
+        ``tau_mem_finite_fit``, ``E_score_min_fit`` (power laws against psi_n, ``None`` for one psi_n) and
+        ``conventions``.
+
+    Examples
+    --------
+    >>> res = run_dynamics(DynamicsConfig(psi_n=(4.0, 8.0), d=8, n_taus=12))
+    >>> [r["psi_n"] for r in res["runs"]], len(res["runs"][0]["theory"]["L_train"])
+    ([4.0, 8.0], 12)
+    >>> round(res["runs"][0]["predicted"]["tau_gen"], 4)  # 1 / Delta_t at t = 0.1
+    5.5167
+    """
+    import numpy as np
+
     from .constants import rf_constants
-    from .dynamics import (
+    from .gradient_flow import (
         default_taus,
         eigensystem_gaussian_equivalent,
         exact_curves,
@@ -227,7 +364,7 @@ def run_dynamics(
 
     cfg.validate()
     c = rf_constants(cfg.t, cfg.sigma_x, cfg.activation)
-    runs = []
+    runs: list[dict[str, Any]] = []
     for i, pn in enumerate(cfg.psi_n):
         spec = spectral_density(constants=c, psi_p=cfg.psi_p, psi_n=pn, n_points=300)
         pred = predicted_times(c, cfg.psi_p, pn, spectrum=spec)
@@ -240,7 +377,7 @@ def run_dynamics(
             cur = exact_curves(prob, taus)
         else:
             cur = gaussian_equivalent_curves(prob, taus, constants=c, seed=rng)
-        run = {"psi_n": pn, "p": prob.p, "n": prob.n, "predicted": pred, "theory": cur.to_dict()}
+        run: dict[str, Any] = {"psi_n": pn, "p": prob.p, "n": prob.n, "predicted": pred, "theory": cur.to_dict()}
         if cfg.gd:
             es = eigensystem_gaussian_equivalent(prob, c, rng)
             lam_max = float(es.lam.max())
@@ -253,7 +390,7 @@ def run_dynamics(
                 dtau=dtau,
                 seed=np.random.default_rng([cfg.seed, i, 2]),
                 dtype=np.float32,
-                progress=(lambda k, n, pn=pn: progress(f"GD psi_n={pn:g}: step {k}/{n}")) if progress else None,
+                progress=_gd_progress(progress, pn),
             )
             ref = exact_curves(prob, gd.tau)
             ge = gaussian_equivalent_curves(prob, gd.tau, constants=c, seed=np.random.default_rng([cfg.seed, i, 1]))
@@ -270,7 +407,7 @@ def run_dynamics(
     fit_f = None
     if len(runs) > 1 and all(r["predicted"].get("tau_mem_finite") for r in runs):
         fit_f = fit_power_law(cfg.psi_n, [r["predicted"]["tau_mem_finite"] for r in runs])
-    result = {
+    result: dict[str, Any] = {
         "config": config_dict(cfg),
         "constants": c.to_dict(),
         "runs": runs,
@@ -281,7 +418,9 @@ def run_dynamics(
             "time": "tau = k eta / d^2",
             "tau_gen": "1/Delta_t",
             "tau_mem": "psi_p/(Delta_t lambda_min), lambda_min of Theorem 3.2",
-            "tau_mem_finite": "psi_p/(Delta_t lambda_min) with the left edge of the first bulk from the Theorem 3.1 solver",
+            "tau_mem_finite": (
+                "psi_p/(Delta_t lambda_min) with the left edge of the first bulk from the Theorem 3.1 solver"
+            ),
             "population": "Gaussian-equivalent U, V" if cfg.method != "exact" else "exact for Gaussian data",
         },
     }
@@ -296,7 +435,19 @@ def run_dynamics(
     return result
 
 
-def _rel_errors(gd, ref, ge) -> dict:
+def _gd_progress(progress: Callable[[str], None] | None, pn: float) -> Callable[[int, int], None] | None:
+    if progress is None:
+        return None
+
+    def report(k: int, n: int) -> None:
+        progress(f"GD psi_n={pn:g}: step {k}/{n}")
+
+    return report
+
+
+def _rel_errors(gd: Any, ref: Any, ge: Any) -> dict:
+    import numpy as np
+
     out = {}
     for name, other in (("vs_exact", ref), ("vs_gaussian_equivalent", ge)):
         out[name] = {
@@ -309,11 +460,43 @@ def _rel_errors(gd, ref, ge) -> dict:
 # --------------------------------------------------------------------------------------------------- phase
 def run_phase(
     cfg: PhaseConfig,
-    out: Path | None = None,
+    out: str | Path | None = None,
     plot: bool = False,
     progress: Callable[[int, int], None] | None = None,
-) -> dict:
-    from .dynamics import fit_power_law
+) -> dict[str, Any]:
+    """L_gen over the (psi_n, psi_p) grid at each training time, the memorisation boundary and its fit.
+
+    Parameters
+    ----------
+    cfg : PhaseConfig
+        The configuration; validated first (``ValueError`` naming the flag if it is not valid).
+    out : str or Path, optional
+        Folder to write ``phase.json`` into; ``None`` writes nothing.
+    plot : bool, default False
+        Also draw ``figures/phase.png`` under ``out``.
+    progress : callable (done, total) -> None, optional
+        Called after each grid point.
+
+    Returns
+    -------
+    dict
+        Plain JSON types, as written to phase.json: ``config``; ``psi_n`` (N floats), ``psi_p`` (P floats),
+        ``tau`` (T floats, ``"inf"`` for an infinite time); ``L_gen``, ``L_train``, ``L_test`` (nested lists of
+        shape (T, N, P)); ``threshold``; ``boundary_psi_n`` ((T, P), ``None`` where L_gen never crosses the
+        threshold); ``n_star_psi_n`` (= psi_p, the line n = p); ``t``, ``d``, ``constants``, ``method``;
+        ``boundary_fit_vs_psi_p`` (T power-law fits of the boundary against psi_p, ``None`` with fewer than two
+        finite points); with ``plot`` also ``figures``.
+
+    Examples
+    --------
+    >>> cfg = PhaseConfig(psi_n=(1.0, 4.0, 16.0), psi_p=(4.0,), taus=(100.0, math.inf), d=6)
+    >>> res = run_phase(cfg)
+    >>> res["tau"], len(res["L_gen"]), len(res["L_gen"][0]), len(res["L_gen"][0][0])
+    ([100.0, 'inf'], 2, 3, 1)
+    """
+    import numpy as np
+
+    from .gradient_flow import fit_power_law
     from .phase import phase_diagram
 
     cfg.validate()
@@ -329,7 +512,7 @@ def run_phase(
         seed=cfg.seed,
         progress=progress,
     )
-    result = {"config": config_dict(cfg), **pdg.to_dict()}
+    result: dict[str, Any] = {"config": config_dict(cfg), **pdg.to_dict()}
     bnd = pdg.boundary()
     fits = []
     for i in range(len(cfg.taus)):

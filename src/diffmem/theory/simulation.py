@@ -18,15 +18,17 @@ pre-activations h = W x_t / sqrt(d) with x_t = e^{-t} x + sqrt(Delta_t) xi.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from .constants import RFConstants, gauss_hermite, resolve_activation, rf_constants
+from .constants import Activation, RFConstants, gauss_hermite, resolve_activation, rf_constants
 
 __all__ = [
     "GaussianEquivalent",
     "RFProblem",
+    "Seed",
     "as_generator",
     "eigenvalue_histogram",
     "exact_matrices",
@@ -39,7 +41,11 @@ __all__ = [
 ]
 
 
-def as_generator(seed: int | np.random.Generator | None) -> np.random.Generator:
+Seed = int | Sequence[int] | np.random.Generator | None
+"""What every ``seed=`` argument accepts: an int, a list of ints (numpy seed sequence), a Generator, or None."""
+
+
+def as_generator(seed: Seed) -> np.random.Generator:
     if isinstance(seed, np.random.Generator):
         return seed
     if seed is None or isinstance(seed, (int, np.integer)):
@@ -57,7 +63,7 @@ class RFProblem:
     X: np.ndarray
     t: float
     sigma_x: float = 1.0
-    activation: str = "tanh"
+    activation: Activation = "tanh"
 
     @property
     def d(self) -> int:
@@ -80,7 +86,14 @@ class RFProblem:
 
 
 def make_problem(
-    d: int, psi_p: float, psi_n: float, t: float, *, sigma_x: float = 1.0, activation="tanh", seed=None
+    d: int,
+    psi_p: float,
+    psi_n: float,
+    t: float,
+    *,
+    sigma_x: float = 1.0,
+    activation: Activation = "tanh",
+    seed: Seed = None,
 ) -> RFProblem:
     """Draw W (p x d) and X (d x n), p = round(psi_p d), n = round(psi_n d)."""
     if not (isinstance(d, (int, np.integer)) and d >= 1):
@@ -88,7 +101,7 @@ def make_problem(
     for name, v in (("psi_p", psi_p), ("psi_n", psi_n), ("t", t), ("sigma_x", sigma_x)):
         if not (math.isfinite(v) and v > 0):
             raise ValueError(f"{name} must be a finite number > 0 (got {v!r})")
-    p, n = int(round(psi_p * d)), int(round(psi_n * d))
+    p, n = int(np.rint(psi_p * d)), int(np.rint(psi_n * d))  # half to even, like round()
     if p < 1 or n < 1:
         raise ValueError(f"psi_p*d and psi_n*d must round to >= 1 (got p={p}, n={n}); increase d")
     name, _ = resolve_activation(activation)
@@ -100,7 +113,7 @@ def make_problem(
     )
 
 
-def features(W: np.ndarray, x: np.ndarray, activation="tanh") -> np.ndarray:
+def features(W: np.ndarray, x: np.ndarray, activation: Activation = "tanh") -> np.ndarray:
     """sigma(W x / sqrt d) for x of shape (d, m): (p, m)."""
     _, f = resolve_activation(activation)
     return f(W @ x / math.sqrt(W.shape[1]))
@@ -153,7 +166,7 @@ def exact_matrices(
     return U, V
 
 
-def mc_matrices(problem: RFProblem, n_draws: int, seed=None) -> tuple[np.ndarray, np.ndarray]:
+def mc_matrices(problem: RFProblem, n_draws: int, seed: Seed = None) -> tuple[np.ndarray, np.ndarray]:
     """U, V with the noise expectation replaced by ``n_draws`` noise draws per training point (a check)."""
     rng = as_generator(seed)
     W, X, t = problem.W, problem.X, problem.t
@@ -205,7 +218,9 @@ class GaussianEquivalent:
         return U
 
 
-def gaussian_equivalent(problem: RFProblem, constants: RFConstants | None = None, seed=None) -> GaussianEquivalent:
+def gaussian_equivalent(
+    problem: RFProblem, constants: RFConstants | None = None, seed: Seed = None
+) -> GaussianEquivalent:
     """The Gaussian-equivalent U and V for this W, X (Omega drawn from ``seed``)."""
     c = constants or problem.constants()
     rng = as_generator(seed)

@@ -21,12 +21,12 @@ Theorem 3.2 (psi_p > psi_n >> 1) is in :func:`asymptotic_spectrum`.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+from numpy.typing import ArrayLike
 
-from .constants import RFConstants, rf_constants
+from .constants import Activation, RFConstants, rf_constants
 
 __all__ = [
     "SpectrumResult",
@@ -43,7 +43,8 @@ def check_ratios(psi_p: float, psi_n: float) -> None:
     for name, v in (("psi_p", psi_p), ("psi_n", psi_n)):
         if not (isinstance(v, (int, float, np.integer, np.floating)) and math.isfinite(v) and v > 0):
             raise ValueError(
-                f"{name} must be a finite number > 0 (got {v!r}); psi_p = p/d (features per dimension), psi_n = n/d (samples per dimension)"
+                f"{name} must be a finite number > 0 (got {v!r}); "
+                "psi_p = p/d (features per dimension), psi_n = n/d (samples per dimension)"
             )
 
 
@@ -190,7 +191,7 @@ def solve_stieltjes(
     r = float(np.sum(w * lam)) * q
     path = []
     res = np.zeros(z.size)
-    for y in levels + [0.0]:
+    for y in [*levels, 0.0]:
         zz = z.real + 1j * np.maximum(eps_final, y)
         q, r, res = _newton(q, r, zz, c, psi_p, psi_n, lam, w, tol=tol)
         if return_path:
@@ -354,19 +355,68 @@ def spectral_density(
     *,
     constants: RFConstants | None = None,
     sigma_x: float | None = None,
-    activation="tanh",
-    sigma_eigs: Sequence[float] | None = None,
-    sigma_weights: Sequence[float] | None = None,
-    lambdas: Sequence[float] | None = None,
+    activation: Activation = "tanh",
+    sigma_eigs: ArrayLike | None = None,
+    sigma_weights: ArrayLike | None = None,
+    lambdas: ArrayLike | None = None,
     n_points: int = 400,
     eps: float | None = None,
 ) -> SpectrumResult:
     """Eigenvalue density of U (Theorem 3.1) on a lambda grid, its delta peak and bulk edges.
 
-    Give either ``t`` (with ``sigma_x``/``activation``) or ready ``constants``. The data covariance is
-    ``sigma_x^2 I`` unless ``sigma_eigs`` (and optional ``sigma_weights``) give its spectrum; then
-    sigma_x = sqrt(mean eigenvalue). Points where Newton did not converge are flagged in ``converged``
-    (their density is still the last iterate, never silently NaN).
+    The equations (module docstring) are solved for q(lambda + i eps) at every grid point by complex
+    Newton steps, continued down from far above the real axis so each point stays on the physical
+    branch Im q > 0; the density is Im q / pi. Points where Newton did not converge are flagged in
+    ``converged`` (their density is still the last iterate, never silently NaN).
+
+    Parameters
+    ----------
+    t : float, optional
+        OU diffusion time, > 0. Give either ``t`` (with ``sigma_x``, ``activation``) or ``constants``.
+    psi_p : float, default 64.0
+        p/d, random features per data dimension (> 0).
+    psi_n : float, default 8.0
+        n/d, training points per data dimension (> 0).
+    constants : RFConstants, optional
+        Ready Gaussian-equivalent constants (from :func:`~diffmem.theory.constants.rf_constants`).
+    sigma_x : float, optional
+        Data scale, Sigma = sigma_x^2 I (1 when neither it nor ``sigma_eigs`` is given).
+    activation : {"tanh", "relu", "linear"} or callable, default "tanh"
+        Feature non-linearity (ignored with ``constants``).
+    sigma_eigs : array_like of float, shape (K,), optional
+        Eigenvalues of the data covariance as a discrete mixture (>= 0, not all 0); then
+        sigma_x = sqrt(mean eigenvalue).
+    sigma_weights : array_like of float, shape (K,), optional
+        Their weights (normalised to sum 1; default equal).
+    lambdas : array_like of float, shape (M,), optional
+        The grid, strictly increasing; default :func:`default_grid` with ``n_points`` points, log-spaced in
+        lambda - s_t^2 from 1e-4 of the first-bulk scale to past the second bulk.
+    n_points : int, default 400
+        Size of the default grid (>= 10).
+    eps : float, optional
+        Im z of the final solve (default 1e-10 max(1, max |lambda|)).
+
+    Returns
+    -------
+    SpectrumResult
+        ``lambdas`` and ``density`` (float64, shape (M,)), ``q`` (complex128, (M,)), ``converged`` (bool, (M,)),
+        ``residual`` (float64, (M,)), ``delta_peak_weight`` (exact, max(0, 1 - (1 + psi_n)/psi_p)),
+        ``delta_peak_weight_solver`` (eps Im q(s_t^2 + i eps)), ``edges`` (list of [lo, hi] of the bulks),
+        ``mass`` (integral of the density over the grid), ``asymptotic`` (Theorem 3.2, for Sigma = sigma_x^2 I).
+
+    Raises
+    ------
+    ValueError
+        For psi_p, psi_n or t not finite and > 0, an invalid covariance spectrum or grid, or ``t``, ``sigma_x``
+        and ``constants`` that disagree.
+
+    Examples
+    --------
+    >>> s = spectral_density(0.01, psi_p=64.0, psi_n=8.0, n_points=100)
+    >>> s.density.shape, bool(s.converged.all()), s.delta_peak_weight
+    ((100,), True, 0.859375)
+    >>> len(s.edges)  # d directions near s_t^2, the first (memorisation) bulk, the second (population) bulk
+    3
     """
     check_ratios(psi_p, psi_n)
     lam_s, w_s, sx = _mixture(
@@ -378,7 +428,8 @@ def spectral_density(
         constants = rf_constants(t, sx, activation)
     elif sigma_eigs is not None and abs(constants.sigma_x - sx) > 1e-9 * sx:
         raise ValueError(
-            f"constants were built with sigma_x={constants.sigma_x} but sigma_eigs give {sx:.6g}; rebuild them with sigma_x=sqrt(mean eigenvalue)"
+            f"constants were built with sigma_x={constants.sigma_x} but sigma_eigs give {sx:.6g}; "
+            "rebuild them with sigma_x=sqrt(mean eigenvalue)"
         )
     if t is not None and abs(float(t) - constants.t) > 1e-15:
         raise ValueError(f"t={t} disagrees with constants.t={constants.t}; give only one")
@@ -396,7 +447,7 @@ def spectral_density(
     if not eps > 0:
         raise ValueError(f"eps must be > 0 (got {eps})")
     z = lam + 1j * eps
-    q, r, res, path = solve_stieltjes(z, c, psi_p, psi_n, lam_s, w_s, return_path=True)
+    q, _, res, path = solve_stieltjes(z, c, psi_p, psi_n, lam_s, w_s, return_path=True)
     # a second, 100x larger eps tells support (Im q stays finite) from gaps (Im q ~ eps)
     q_big = None
     for y, qq in path:
@@ -414,7 +465,7 @@ def spectral_density(
     # delta peak: exact rank count, and the solver's own residue at s_t^2
     delta_exact = max(0.0, 1.0 - (1.0 + psi_n) / psi_p) if (c.v2 > 0 or c.alpha > 0) else 1.0
     e0 = 1e-7 * max(c.v2 + c.b**2, 1e-12)
-    q0, _, res0 = solve_stieltjes(np.array([c.s2 + 1j * e0]), c, psi_p, psi_n, lam_s, w_s)
+    q0, _, _ = solve_stieltjes(np.array([c.s2 + 1j * e0]), c, psi_p, psi_n, lam_s, w_s)
     delta_solver = float(e0 * q0.imag[0])
     asym = asymptotic_spectrum(c, psi_p, psi_n, lam) if len(lam_s) == 1 else {}
     return SpectrumResult(

@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import io, sampling
-from .config import claim_folder, resolve_device
-from .data import Split
-from .metrics import loss_at_time, memorization_fraction
+from .. import io, sampling
+from ..config import claim_folder, resolve_device
+from ..data import Split
+from ..metrics import loss_at_time, memorization_fraction
 from .training import TrainConfig, list_checkpoints, load_checkpoint, load_split
 
 __all__ = ["EvalConfig", "measure", "sample_checkpoint"]
@@ -28,16 +28,28 @@ __all__ = ["EvalConfig", "measure", "sample_checkpoint"]
 
 @dataclass(frozen=True)
 class EvalConfig:
+    """How every checkpoint of a run is evaluated."""
+
     samples: int = 1000
+    """Samples drawn per checkpoint."""
     sampling_steps: int = 50
+    """Sampler steps."""
     sampler: str = "ddim"
+    """"ddim" (deterministic, eta = 0) or "ddpm" (ancestral)."""
     k: float = 1 / 3
+    """Memorization threshold on the nearest / second-nearest distance ratio."""
     n_boot: int = 1000
+    """Bootstrap resamples for the interval of f_mem."""
     loss_t: float = 0.01
+    """OU time t at which the train and test losses are measured."""
     loss_draws: int = 5
-    features: str = "auto"  # Fréchet feature space: "auto", "digits", "pixels" or a TorchScript path
+    """Noise draws per example for those losses."""
+    features: str = "auto"
+    """Feature space of the Fréchet distance: "auto", "digits", "pixels" or a TorchScript file."""
     batch: int = 1000
+    """Samples per sampler batch (results do not depend on it)."""
     seed: int = 0
+    """Seed of the initial noise, the bootstrap and the loss noise."""
 
     def validate(self) -> None:
         if self.sampler not in ("ddim", "ddpm"):
@@ -78,7 +90,7 @@ def measure(
 
     The model samples and computes its losses on ``device`` (default CPU); the memorization
     statistics and Fréchet distances are computed on the CPU in float64."""
-    from .metrics.frechet import feature_space, frechet
+    from ..metrics.frechet import feature_space, frechet
 
     cfg = cfg.resolved()
     ev.validate()

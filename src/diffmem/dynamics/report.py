@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import html
 import json
 from collections.abc import Sequence
@@ -10,42 +9,17 @@ from pathlib import Path
 
 import numpy as np
 
+from ..figures import colors, fmt, html_page, html_table, pyplot, save_png
+
 __all__ = ["dynamics_figures", "sample_grid", "summary_table", "write_html"]
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _colors(k: int):
-    plt = _plt()
-    cmap = plt.get_cmap("viridis")
-    return [cmap(0.1 + 0.8 * i / max(1, k - 1)) for i in range(k)]
-
-
-def _save(fig, path: Path) -> Path:
-    import io
-
-    from .io import atomic_write_bytes
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=130, bbox_inches="tight")
-    atomic_write_bytes(path, buf.getvalue())
-    _plt().close(fig)
-    return path
 
 
 def dynamics_figures(results: dict, folder: str | Path) -> dict[str, Path]:
     """Quality and f_mem against training time, the tau/n collapse, losses, and the timescales."""
-    plt = _plt()
+    plt = pyplot()
     folder = Path(folder)
     runs = results["runs"]
-    cols = _colors(len(runs))
+    cols = colors(len(runs))
     out: dict[str, Path] = {}
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
@@ -71,7 +45,7 @@ def dynamics_figures(results: dict, folder: str | Path) -> dict[str, Path]:
     for a in axes:
         a.grid(alpha=0.3, which="both")
         a.legend(fontsize=8)
-    out["quality_fmem"] = _save(fig, folder / "quality_fmem.png")
+    out["quality_fmem"] = save_png(fig, folder / "quality_fmem.png")
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for r, c in zip(runs, cols):
@@ -85,18 +59,18 @@ def dynamics_figures(results: dict, folder: str | Path) -> dict[str, Path]:
         xscale="log",
         xlabel="training step τ",
         ylabel="f_mem(τ) / f_mem(τ_max)",
-        title=f"Against τ (spread {_fmt(col.get('spread_vs_tau'))})",
+        title=f"Against τ (spread {fmt(col.get('spread_vs_tau'))})",
     )
     axes[1].set(
         xscale="log",
         xlabel="τ / n",
         ylabel="f_mem(τ) / f_mem(τ_max)",
-        title=f"Against τ/n (spread {_fmt(col.get('spread_vs_tau_over_n'))})",
+        title=f"Against τ/n (spread {fmt(col.get('spread_vs_tau_over_n'))})",
     )
     for a in axes:
         a.grid(alpha=0.3, which="both")
         a.legend(fontsize=8)
-    out["collapse"] = _save(fig, folder / "collapse.png")
+    out["collapse"] = save_png(fig, folder / "collapse.png")
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for r, c in zip(runs, cols):
@@ -121,7 +95,7 @@ def dynamics_figures(results: dict, folder: str | Path) -> dict[str, Path]:
     for a in axes:
         a.grid(alpha=0.3, which="both")
         a.legend(fontsize=8)
-    out["losses"] = _save(fig, folder / "losses.png")
+    out["losses"] = save_png(fig, folder / "losses.png")
 
     fig, ax = plt.subplots(figsize=(5.5, 4))
     ns = np.array([r["n"] for r in runs], dtype=float)
@@ -142,23 +116,15 @@ def dynamics_figures(results: dict, folder: str | Path) -> dict[str, Path]:
     ax.set(xscale="log", yscale="log", xlabel="training set size n", ylabel="training step", title="Timescales")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
-    out["timescales"] = _save(fig, folder / "timescales.png")
+    out["timescales"] = save_png(fig, folder / "timescales.png")
     return out
-
-
-def _fmt(v, digits: int = 3) -> str:
-    if v is None:
-        return "—"
-    if isinstance(v, float):
-        return f"{v:.{digits}g}"
-    return str(v)
 
 
 def sample_grid(rows: Sequence[tuple[str, np.ndarray, np.ndarray]], path: str | Path, title: str = "") -> Path:
     """One pair of rows per entry: generated samples (top) above their nearest training images (bottom).
 
     ``rows``: (label, samples (k, C, H, W) in [0,1], nearest training images (k, C, H, W))."""
-    plt = _plt()
+    plt = pyplot()
     k = max(len(s) for _, s, _ in rows)
     fig, axes = plt.subplots(2 * len(rows), k, figsize=(k * 0.8, len(rows) * 1.75), squeeze=False)
     for i, (label, samp, near) in enumerate(rows):
@@ -177,7 +143,7 @@ def sample_grid(rows: Sequence[tuple[str, np.ndarray, np.ndarray]], path: str | 
         )
     if title:
         fig.suptitle(title, fontsize=9)
-    return _save(fig, Path(path))
+    return save_png(fig, Path(path))
 
 
 def summary_table(results: dict) -> list[list[str]]:
@@ -186,19 +152,14 @@ def summary_table(results: dict) -> list[list[str]]:
         rows.append(
             [
                 str(r["n"]),
-                _fmt(r["tau_gen"]),
-                _fmt(r["tau_mem"]),
-                _fmt(r["tau_mem"] / r["n"] if r["tau_mem"] else None),
-                _fmt(r.get("tau_test_min")),
-                _fmt(r.get("f_mem_final")),
+                fmt(r["tau_gen"]),
+                fmt(r["tau_mem"]),
+                fmt(r["tau_mem"] / r["n"] if r["tau_mem"] else None),
+                fmt(r.get("tau_test_min")),
+                fmt(r.get("f_mem_final")),
             ]
         )
     return rows
-
-
-def _img_tag(path: Path) -> str:
-    data = base64.b64encode(Path(path).read_bytes()).decode()
-    return f'<img src="data:image/png;base64,{data}" alt="{html.escape(Path(path).stem)}">'
 
 
 def write_html(
@@ -209,33 +170,23 @@ def write_html(
     notes: str | None = None,
 ) -> Path:
     """A single self-contained HTML file (figures embedded as base64)."""
-    from .io import atomic_write_bytes
+    from ..io import atomic_write_bytes
 
     fit = results.get("fit", {})
-    table = summary_table(results)
-    thead = "".join(f"<th>{html.escape(c)}</th>" for c in table[0])
-    tbody = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in table[1:])
     ci = fit.get("exponent_ci") or [None, None]
     fit_line = (
-        f"τ_mem ∝ n<sup>{_fmt(fit.get('exponent'))}</sup>, 95% CI [{_fmt(ci[0])}, {_fmt(ci[1])}], R² = {_fmt(fit.get('r2'))}; "
-        f"geometric mean τ_mem/n = {_fmt(fit.get('tau_mem_over_n'))}; τ_gen max/min across n = {_fmt(results.get('tau_gen_spread'))}; "
-        f"collapse spread ratio (τ/n vs τ) = {_fmt((results.get('collapse') or {}).get('ratio'))}"
-    )
-    figs = "".join(
-        f"<figure>{_img_tag(p)}<figcaption>{html.escape(k)}</figcaption></figure>" for k, p in figures.items()
+        f"τ_mem ∝ n<sup>{fmt(fit.get('exponent'))}</sup>, 95% CI [{fmt(ci[0])}, {fmt(ci[1])}], "
+        f"R² = {fmt(fit.get('r2'))}; geometric mean τ_mem/n = {fmt(fit.get('tau_mem_over_n'))}; "
+        f"τ_gen max/min across n = {fmt(results.get('tau_gen_spread'))}; "
+        f"collapse spread ratio (τ/n vs τ) = {fmt((results.get('collapse') or {}).get('ratio'))}"
     )
     rules = html.escape(json.dumps(results.get("rules", {})))
     cfg = html.escape(json.dumps(results.get("config", {}), indent=1))
-    doc = f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
-<style>body{{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}}
-table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 10px;text-align:right}}
-img{{max-width:100%}}figure{{margin:1.5em 0}}figcaption{{color:#666;font-size:90%}}pre{{background:#f6f6f6;padding:1em;overflow:auto;font-size:80%}}</style>
-</head><body><h1>{html.escape(title)}</h1>
-<p>{fit_line}</p>
-<table><thead><tr>{thead}</tr></thead><tbody>{tbody}</tbody></table>
-{f"<p>{html.escape(notes)}</p>" if notes else ""}
-<p>Rules for the times: {rules} (see docs/dynamics.md).</p>
-{figs}
-<h2>Configuration</h2><pre>{cfg}</pre></body></html>"""
-    atomic_write_bytes(path, doc.encode())
+    body = (
+        f"<p>{fit_line}</p>{html_table(summary_table(results))}"
+        + (f"<p>{html.escape(notes)}</p>" if notes else "")
+        + f"<p>Rules for the times: {rules} (see docs/dynamics.md).</p>"
+        + f"<details><summary>Configuration</summary><pre>{cfg}</pre></details>"
+    )
+    atomic_write_bytes(path, html_page(title, body, figures).encode())
     return Path(path)

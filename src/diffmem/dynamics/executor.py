@@ -1,6 +1,7 @@
 """Run many (train + measure) jobs: local processes by default, one single-threaded process each.
 
-Small models train faster single-threaded (SCIENCE.md section 6), so ``workers`` processes with
+Small models train faster single-threaded (a 0.18M-parameter MLP: 9 ms per step on one thread,
+32 ms on two, on a 2-core CPU), so ``workers`` processes with
 ``threads`` torch threads each beat one process using every core. Progress of every job is sent
 back through a queue and shown as one tqdm bar per job.
 """
@@ -13,9 +14,8 @@ import queue as queue_mod
 import traceback
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
-from pathlib import Path
 
-from .measure import EvalConfig, measure
+from .evaluate import EvalConfig, measure
 from .training import TrainConfig, train
 
 __all__ = ["Job", "default_workers", "run_job", "run_jobs"]
@@ -131,7 +131,3 @@ def run_jobs(
             "some runs failed (their folders keep their progress; rerun to resume):\n" + "\n".join(errors)
         )
     return results
-
-
-def run_dir_for(out: str | Path, name: str) -> str:
-    return str(Path(out) / "runs" / name)

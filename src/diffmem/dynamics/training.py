@@ -1,6 +1,6 @@
 """Training loop: eps-prediction loss, the paper's optimizers, log-spaced checkpoints, exact resume.
 
-Run folder (DESIGN.md): ``config.json``; ``checkpoints/step_XXXXXXX.safetensors`` (model weights on a
+Run folder: ``config.json``; ``checkpoints/step_XXXXXXX.safetensors`` (model weights on a
 log-spaced grid of steps); ``state.safetensors`` (model + optimizer + RNG state of the latest step
 saved, for resuming); ``train_log.jsonl`` (training loss every ``log_every`` steps).
 
@@ -22,9 +22,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import io, data, models
-from .config import claim_folder, resolve_device
-from .schedule import Schedule, linear, noise
+from .. import data, io, models
+from ..config import claim_folder, resolve_device
+from ..metrics.losses import eps_loss
+from ..schedule import Schedule, linear
+from ..state import restore_training_state, training_state
 
 __all__ = [
     "TrainConfig",
@@ -41,29 +43,52 @@ __all__ = [
 class TrainConfig:
     """One training run. ``None`` fields are resolved by :meth:`resolved` and saved resolved."""
 
-    data: str = "digits"  # "digits", a .npz file or an image folder
+    data: str = "digits"
+    """The data: "digits" (scikit-learn's 8x8 digits, embedded), a .npz file or an image folder."""
     data_key: str | None = None
-    image_size: int = 32  # for image folders (resize + centre crop)
+    """The array to read from a .npz file with several arrays."""
+    image_size: int = 32
+    """Image folders: resize the short side to this and centre-crop to a square."""
     n: int = 64
+    """Training-set size."""
     subset_index: int = 0
+    """Which disjoint subset of n training examples to use (subset i is pool[i n : (i+1) n])."""
     n_test: int | None = None
-    scale: float | None = None  # model space = scale * (pixels - mean); 2.0 for digits, 1.0 otherwise
+    """Held-out examples for the test loss and quality (default: a sixth of the data, at most 2048)."""
+    scale: float | None = None
+    """Model space = scale * (pixels - training mean); default 2.0 for the digits, 1.0 otherwise."""
     split_seed: int = 0
+    """Seed of the shuffle that assigns examples to training subsets and the held-out set."""
     model: str = "mlp"
+    """Denoiser: "mlp" (residual MLP) or "unet" (the paper's U-Net; needs a GPU for real sizes)."""
     width: int = 256
-    optimizer: str = "adam"  # "adam" or "sgd" (the paper's: lr 0.01, momentum 0.95)
-    lr: float | None = None  # 1e-3 for adam, 0.01 for sgd
+    """Hidden width of the MLP, or base channel count W of the U-Net."""
+    optimizer: str = "adam"
+    """"adam" or "sgd" (the paper's recipe: lr 0.01, momentum 0.95)."""
+    lr: float | None = None
+    """Learning rate; default 1e-3 for adam, 0.01 for sgd."""
     momentum: float = 0.95
-    batch_size: int | None = None  # min(n, 512), the paper's recipe (full batch for n <= 512)
+    """SGD momentum."""
+    batch_size: int | None = None
+    """Examples per step; default min(n, 512), the paper's recipe (full batch for n <= 512)."""
     steps: int = 10_000
-    checkpoints: int = 32  # log-spaced checkpoint count
-    first_checkpoint: int = 10  # early enough to see the quality fall from noise
+    """Optimizer steps."""
+    checkpoints: int = 32
+    """Number of log-spaced checkpoints from first_checkpoint to steps."""
+    first_checkpoint: int = 10
+    """First checkpoint step (early enough to see the quality fall from noise)."""
     resume_every: int = 1000
+    """Save the full training state every this many steps (a killed run loses at most this much)."""
     log_every: int = 100
+    """Log the mean training loss every this many steps."""
     T: int = 1000
+    """Diffusion steps of the linear noise schedule."""
     beta_start: float = 1e-4
+    """First beta of the linear schedule."""
     beta_end: float = 2e-2
+    """Last beta of the linear schedule."""
     seed: int = 0
+    """Seed of the initialisation and of the loop's random draws (batches, steps, noise)."""
 
     def resolved(self) -> TrainConfig:
         scale = self.scale if self.scale is not None else (2.0 if self.data == "digits" else 1.0)
@@ -124,39 +149,6 @@ def _optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
     return torch.optim.Adam(params, lr=cfg.lr)
 
 
-def _state_tensors(
-    step: int, model: nn.Module, opt: torch.optim.Optimizer, gen: torch.Generator
-) -> dict[str, torch.Tensor]:
-    out = {f"model.{k}": v for k, v in model.state_dict().items()}
-    for i, st in opt.state_dict()["state"].items():
-        for key, val in st.items():
-            out[f"optim.{i}.{key}"] = val if isinstance(val, torch.Tensor) else torch.tensor(val)
-    out["rng.loop"] = gen.get_state()
-    out["rng.torch"] = torch.get_rng_state()
-    if torch.cuda.is_initialized():  # dropout on a GPU draws from the CUDA generator
-        out["rng.cuda"] = torch.cuda.get_rng_state()
-    out["step"] = torch.tensor(step, dtype=torch.int64)
-    return out
-
-
-def _restore(
-    tensors: dict[str, torch.Tensor], model: nn.Module, opt: torch.optim.Optimizer, gen: torch.Generator
-) -> int:
-    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-    sd = opt.state_dict()
-    state: dict[int, dict] = {}
-    for k, v in tensors.items():
-        if k.startswith("optim."):
-            _, i, key = k.split(".", 2)
-            state.setdefault(int(i), {})[key] = v
-    opt.load_state_dict({"state": state, "param_groups": sd["param_groups"]})
-    gen.set_state(tensors["rng.loop"])
-    torch.set_rng_state(tensors["rng.torch"])
-    if "rng.cuda" in tensors and torch.cuda.is_available():
-        torch.cuda.set_rng_state(tensors["rng.cuda"])
-    return int(tensors["step"])
-
-
 def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
     out = []
     for p in sorted((Path(run_dir) / "checkpoints").glob("step_*.safetensors")):
@@ -206,7 +198,7 @@ def train(
     # so that the caller's global RNG is left as it was.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed + 2)
-        start = _restore(io.load_tensors(state_path)[0], model, opt, gen) if state_path.exists() else 0
+        start = restore_training_state(io.load_tensors(state_path)[0], model, opt, gen) if state_path.exists() else 0
         log = run_dir / "train_log.jsonl"
         if start and log.exists():  # drop what was logged after the state we resume from
             io.atomic_write_bytes(
@@ -228,7 +220,7 @@ def _loop(cfg, run_dir, model, opt, gen, sp, start, progress) -> None:
         x0 = x_train if b == n else x_train[torch.randperm(n, generator=gen)[:b].to(dev)]
         k = torch.randint(1, cfg.T, (b,), generator=gen)
         eps = torch.randn(x0.shape, generator=gen).to(dev)
-        loss = ((model(noise(x0, eps, ab[k]), k.to(dev, torch.float32)) - eps) ** 2).mean()
+        loss = eps_loss(model, x0, k, eps, ab, reduction="mean")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -240,7 +232,7 @@ def _loop(cfg, run_dir, model, opt, gen, sp, start, progress) -> None:
                 run_dir / "checkpoints" / f"step_{step:07d}.safetensors", model.state_dict(), {"step": str(step)}
             )
         if step in grid or step % cfg.resume_every == 0 or step == cfg.steps:
-            io.save_tensors(state_path, _state_tensors(step, model, opt, gen))
+            io.save_tensors(state_path, training_state(step, model, opt, gen))
         if step % cfg.log_every == 0:
             io.append_jsonl(log_path, {"step": step, "loss": running / cfg.log_every, "time": time.time() - t0})
             running = 0.0

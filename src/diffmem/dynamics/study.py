@@ -5,7 +5,7 @@ Output folder::
 
     DIR/config.json          the resolved StudyConfig
     DIR/runs/n_00064/        one run folder per size (config.json, checkpoints/, metrics.jsonl, samples/)
-    DIR/results.json         per-run curves and times, the fit, the collapse (DESIGN.md contract)
+    DIR/results.json         per-run curves and times, the fit, the collapse (see docs/dynamics.md)
     DIR/figures/*.png        quality_fmem, collapse, losses, timescales, samples
     DIR/report.html          everything above in one self-contained file
 
@@ -20,24 +20,33 @@ from pathlib import Path
 
 import numpy as np
 
-from . import io, report
-from .config import claim_folder, resolve_device, to_dict
-from .dynamics import TimeRules, analyze
-from .measure import EvalConfig
-from .sweep import Job, run_jobs
+from .. import io
+from ..config import claim_folder, resolve_device, to_dict
+from . import report
+from .evaluate import EvalConfig
+from .executor import Job, run_jobs
+from .timescales import Analysis, Collapse, RunTimes, ScalingFit, TimeRules, analyze
 from .training import TrainConfig, load_split
 
-__all__ = ["StudyConfig", "run_study", "study_jobs", "write_outputs"]
+__all__ = ["StudyConfig", "StudyResult", "run_study", "study_jobs", "write_outputs"]
 
 
 @dataclass(frozen=True)
 class StudyConfig:
+    """The whole study: one training run per size, all evaluated and analysed alike."""
+
     sizes: tuple[int, ...] = (32, 64, 128, 256)
-    steps_per_n: float = 120.0  # each run trains for max(min_steps, steps_per_n * n) steps
+    """Training-set sizes n."""
+    steps_per_n: float = 120.0
+    """Each run trains for max(min_steps, steps_per_n * n) steps."""
     min_steps: int = 4000
+    """The least number of steps of any run."""
     train: TrainConfig = field(default_factory=TrainConfig)
+    """Training settings shared by every size (n and steps are set per run)."""
     eval: EvalConfig = field(default_factory=EvalConfig)
+    """How each checkpoint is evaluated."""
     rules: TimeRules = field(default_factory=TimeRules)
+    """How tau_gen and tau_mem are read off the curves."""
 
     def validate(self) -> None:
         if len(self.sizes) < 1 or any(int(n) != n or n < 2 for n in self.sizes):
@@ -57,7 +66,7 @@ class StudyConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> StudyConfig:
-        from .config import from_dict
+        from ..config import from_dict
 
         return cls(
             sizes=tuple(d["sizes"]),
@@ -77,21 +86,61 @@ def study_jobs(cfg: StudyConfig, out: Path, device: str = "cpu") -> list[Job]:
     return jobs
 
 
-def write_outputs(cfg: StudyConfig, out: Path, records: dict[int, list[dict]], elapsed: float | None = None) -> dict:
+@dataclass(frozen=True)
+class StudyResult:
+    """What :func:`run_study` found; ``to_dict()`` is the content of ``results.json``."""
+
+    config: StudyConfig
+    """The resolved configuration of the study."""
+    analysis: Analysis
+    """Per-run times, the fits and the collapse."""
+    elapsed_seconds: float | None = None
+    """Wall time of the call that finished the study."""
+
+    @property
+    def runs(self) -> tuple[RunTimes, ...]:
+        return self.analysis.runs
+
+    @property
+    def fit(self) -> ScalingFit:
+        return self.analysis.fit
+
+    @property
+    def tau_gen_fit(self) -> ScalingFit:
+        return self.analysis.tau_gen_fit
+
+    @property
+    def tau_gen_spread(self) -> float | None:
+        return self.analysis.tau_gen_spread
+
+    @property
+    def collapse(self) -> Collapse:
+        return self.analysis.collapse
+
+    def to_dict(self) -> dict:
+        out = {"config": to_dict(self.config), **self.analysis.to_dict()}
+        if self.elapsed_seconds is not None:
+            out["elapsed_seconds"] = self.elapsed_seconds
+        return out
+
+
+def write_outputs(
+    cfg: StudyConfig, out: Path, records: dict[int, list[dict]], elapsed: float | None = None
+) -> StudyResult:
     """Analyse the evaluated runs and write results.json, the figures and report.html."""
     keep = ("step", "f_mem", "f_mem_ci", "quality", "quality_metric", "loss_train", "loss_test")
     runs = [(n, [{k: r[k] for k in keep if k in r} for r in recs]) for n, recs in records.items()]
-    results = {"config": to_dict(cfg), **analyze(runs, cfg.rules)}
-    for r in results["runs"]:
-        r["run_dir"] = f"runs/n_{r['n']:05d}"
-        r["steps"] = cfg.steps_for(r["n"])
-    if elapsed is not None:
-        results["elapsed_seconds"] = elapsed
+    analysis = analyze(runs, cfg.rules)
+    analysis = analysis.with_runs(
+        [replace(r, run_dir=f"runs/n_{r.n:05d}", steps=cfg.steps_for(r.n)) for r in analysis.runs]
+    )
+    result = StudyResult(cfg, analysis, elapsed)
+    results = result.to_dict()
     figs = report.dynamics_figures(results, out / "figures")
     figs["samples"] = _samples_figure(cfg, out, results)
     io.write_json(out / "results.json", results)
     report.write_html(results, figs, out / "report.html")
-    return results
+    return result
 
 
 def _samples_figure(cfg: StudyConfig, out: Path, results: dict, per_row: int = 10) -> Path:
@@ -113,11 +162,45 @@ def _samples_figure(cfg: StudyConfig, out: Path, results: dict, per_row: int = 1
 
 
 def run_study(
-    cfg: StudyConfig, out: str | Path, *, workers: int | None = None, show_progress: bool = True, device: str = "cpu"
-) -> dict:
-    """Run (or resume) the whole study in ``out``; returns the results dictionary.
+    cfg: StudyConfig | None = None,
+    out: str | Path = "runs/dynamics",
+    *,
+    workers: int | None = None,
+    show_progress: bool = True,
+    device: str = "cpu",
+) -> StudyResult:
+    """Run (or resume) the training-dynamics study in ``out``: train one denoiser per size, evaluate
+    every checkpoint, read tau_gen and tau_mem off the curves and fit their scaling with n.
 
-    ``device`` is where every run trains and samples (``"cuda"``, ``"auto"``...; checked before any work)."""
+    Parameters
+    ----------
+    cfg : StudyConfig, optional
+        The study (default: ``StudyConfig()``, the quick study on the embedded digits).
+    out : str or Path
+        Output folder. It gets ``config.json``, ``runs/n_XXXXX/`` (one run folder per size),
+        ``results.json``, ``figures/*.png`` and ``report.html``. A folder that already holds the
+        same study is resumed; one that holds another configuration is refused.
+    workers : int, optional
+        Parallel processes (default: one per core, at most one per size).
+    show_progress : bool
+        One progress bar per run.
+    device : str
+        Where every run trains and samples: ``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"mps"`` or
+        ``"auto"`` (checked before any work).
+
+    Returns
+    -------
+    StudyResult
+        Frozen; ``result.runs[i].tau_mem``, ``result.fit.exponent``...; ``to_dict()`` is ``results.json``.
+
+    Examples
+    --------
+    >>> from diffmem.dynamics import StudyConfig, run_study
+    >>> cfg = StudyConfig(sizes=(32, 64), steps_per_n=20, min_steps=500)
+    >>> res = run_study(cfg, "runs/small")  # doctest: +SKIP
+    >>> res.fit.exponent  # doctest: +SKIP
+    """
+    cfg = cfg if cfg is not None else StudyConfig()
     cfg.validate()
     device = str(resolve_device(device))
     out = Path(out)

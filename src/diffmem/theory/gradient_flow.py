@@ -18,13 +18,15 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from .constants import RFConstants, resolve_activation
-from .simulation import RFProblem, as_generator, exact_matrices, gaussian_equivalent, population_matrices
+from .simulation import RFProblem, Seed, as_generator, exact_matrices, gaussian_equivalent, population_matrices
 
 __all__ = [
     "EigenSystem",
@@ -69,7 +71,8 @@ class LossCurves:
 
 @dataclass
 class EigenSystem:
-    """What the closed form needs: eigenvalues lam (k,), P = O^T V (k x d), Q = O^T U_pop O (k x k), R = O^T V_pop (k x d).
+    """What the closed form needs, in the eigenbasis O of U: eigenvalues lam (k,), P = O^T V (k x d),
+    Q = O^T U_pop O (k x k), R = O^T V_pop (k x d).
 
     Directions of U outside the k kept ones must have O^T V = 0 (they never move A).
     """
@@ -84,48 +87,49 @@ class EigenSystem:
     trace_inv_sigma_t: float  # (1/d) Tr Sigma_t^{-1} (= 1/Gamma_t^2 for isotropic data)
 
 
-def _check_taus(taus) -> np.ndarray:
-    taus = np.asarray(taus, dtype=np.float64).ravel()
-    if taus.size == 0 or np.any(np.isnan(taus)) or np.any(taus < 0):
+def _check_taus(taus: ArrayLike) -> np.ndarray:
+    out = np.asarray(taus, dtype=np.float64).ravel()
+    if out.size == 0 or np.any(np.isnan(out)) or np.any(out < 0):
         raise ValueError("training times tau must be a non-empty list of numbers >= 0 (inf: the end of training)")
-    return taus
+    return out
 
 
-def closed_form_losses(es: EigenSystem, taus: Sequence[float], chunk: int = 64) -> LossCurves:
+def closed_form_losses(es: EigenSystem, taus: ArrayLike, chunk: int = 64) -> LossCurves:
     """L_train, L_test, E_score at the given rescaled times (formulas in the module docstring)."""
-    taus = _check_taus(taus)
+    tau = _check_taus(taus)
     lam = np.asarray(es.lam, dtype=np.float64)
     if np.any(lam <= 0):
         raise ValueError(
-            "U must be positive definite (an eigenvalue <= 0 was found); s_t^2 > 0 needs a non-linear activation and t > 0"
+            "U must be positive definite (an eigenvalue <= 0 was found); "
+            "s_t^2 > 0 needs a non-linear activation and t > 0"
         )
     psi_p = es.p / es.d
     g = np.sum(es.P**2, axis=1)
     K = es.Q * (es.P @ es.P.T)
     m = np.sum(es.P * es.R, axis=1)
-    Ltr = np.empty(taus.size)
-    Lte = np.empty(taus.size)
-    for s in range(0, taus.size, chunk):
-        tt = taus[s : s + chunk]
+    Ltr = np.empty(tau.size)
+    Lte = np.empty(tau.size)
+    for s in range(0, tau.size, chunk):
+        tt = tau[s : s + chunk]
         rate = (2.0 * es.delta / psi_p) * lam[:, None] * tt[None, :]
         f = -np.expm1(-rate)  # 1 - e^{-rate}
         h = f / lam[:, None]
         Ltr[s : s + chunk] = 1.0 - (g / lam) @ (-np.expm1(-2.0 * rate)) / es.d
         Lte[s : s + chunk] = 1.0 + np.sum(h * (K @ h), axis=0) / es.d - 2.0 * (m @ h) / es.d
     Esc = (Lte - 1.0) / es.delta + es.trace_inv_sigma_t
-    return LossCurves(taus, Ltr, Lte, Esc)
+    return LossCurves(tau, Ltr, Lte, Esc)
 
 
 def eigensystem_dense(
     U: np.ndarray, V: np.ndarray, U_pop: np.ndarray, V_pop: np.ndarray, delta: float, gamma2: float
 ) -> EigenSystem:
     """Eigen-decompose a dense U (p x p): O(p^3)."""
-    lam, O = np.linalg.eigh(U)
+    lam, vecs = np.linalg.eigh(U)
     return EigenSystem(
         lam=lam,
-        P=O.T @ V,
-        Q=O.T @ U_pop @ O,
-        R=O.T @ V_pop,
+        P=vecs.T @ V,
+        Q=vecs.T @ U_pop @ vecs,
+        R=vecs.T @ V_pop,
         d=V.shape[1],
         p=U.shape[0],
         delta=delta,
@@ -133,16 +137,19 @@ def eigensystem_dense(
     )
 
 
-def eigensystem_gaussian_equivalent(problem: RFProblem, constants: RFConstants | None = None, seed=None) -> EigenSystem:
-    """Gaussian-equivalent train U = s2 I + Z Z^T (low rank), population U_pop = (alpha sigma_x^2 + b^2) W W^T/d + (v^2 + s^2) I,
-    V = V_pop = b W / sqrt d. Only the n + d directions spanned by Z matter (V lies in that span): O(p (n+d)^2)."""
+def eigensystem_gaussian_equivalent(
+    problem: RFProblem, constants: RFConstants | None = None, seed: Seed = None
+) -> EigenSystem:
+    """Gaussian-equivalent train U = s2 I + Z Z^T (low rank), population
+    U_pop = (alpha sigma_x^2 + b^2) W W^T/d + (v^2 + s^2) I, V = V_pop = b W / sqrt d.
+    Only the n + d directions spanned by Z matter (V lies in that span): O(p (n+d)^2)."""
     c = constants or problem.constants()
     ge = gaussian_equivalent(problem, c, seed)
-    O, S, _ = np.linalg.svd(ge.Z, full_matrices=False)
+    vecs, S, _ = np.linalg.svd(ge.Z, full_matrices=False)
     lam = S**2 + c.s2
     d = problem.d
-    P = O.T @ ge.V
-    OW = O.T @ problem.W / math.sqrt(d)
+    P = vecs.T @ ge.V
+    OW = vecs.T @ problem.W / math.sqrt(d)
     Q = (c.alpha * c.sigma_x**2 + c.b**2) * (OW @ OW.T)
     Q[np.diag_indices(Q.shape[0])] += c.v2 + c.s2
     return EigenSystem(
@@ -150,7 +157,9 @@ def eigensystem_gaussian_equivalent(problem: RFProblem, constants: RFConstants |
     )
 
 
-def gaussian_equivalent_curves(problem: RFProblem, taus, constants: RFConstants | None = None, seed=None) -> LossCurves:
+def gaussian_equivalent_curves(
+    problem: RFProblem, taus: ArrayLike, constants: RFConstants | None = None, seed: Seed = None
+) -> LossCurves:
     """Closed-form curves for the Gaussian-equivalent model of this draw (fast: no p x p matrix)."""
     c = constants or problem.constants()
     t0 = time.perf_counter()
@@ -159,7 +168,7 @@ def gaussian_equivalent_curves(problem: RFProblem, taus, constants: RFConstants 
     return curves
 
 
-def exact_curves(problem: RFProblem, taus, order: int = 3, matrices: tuple | None = None) -> LossCurves:
+def exact_curves(problem: RFProblem, taus: ArrayLike, order: int = 3, matrices: tuple | None = None) -> LossCurves:
     """Closed-form curves with the exact U, V of this draw (noise expectation analytic) and the exact
     population U, V for Gaussian data: O(p^3), for p up to a few thousand. ``matrices`` as in :func:`simulate_gd`."""
     t0 = time.perf_counter()
@@ -183,11 +192,11 @@ def quadratic_losses(A: np.ndarray, U: np.ndarray, V: np.ndarray, delta: float) 
 
 def simulate_gd(
     problem: RFProblem,
-    taus: Sequence[float],
+    taus: ArrayLike,
     *,
     dtau: float | None = None,
-    seed=None,
-    dtype=np.float64,
+    seed: Seed = None,
+    dtype: Any = np.float64,
     evaluate: str = "exact",
     order: int = 3,
     progress: Callable[[int, int], None] | None = None,
@@ -207,8 +216,8 @@ def simulate_gd(
     of order (dtau / dtau_max) / psi_n (independent of d), so a few-percent check at small psi_n needs a
     step well below the stability limit dtau_max = psi_p / (Delta lam_max).
     """
-    taus = np.sort(_check_taus(taus))
-    if not np.isfinite(taus[-1]):
+    tau = np.sort(_check_taus(taus))
+    if not np.isfinite(tau[-1]):
         raise ValueError("simulate_gd needs finite training times tau")
     if evaluate != "exact":
         raise ValueError("evaluate must be 'exact' (the only evaluation implemented)")
@@ -230,8 +239,8 @@ def simulate_gd(
     if not (math.isfinite(dtau) and dtau > 0):
         raise ValueError(f"dtau must be > 0 (got {dtau})")
     eta = dtau * d * d
-    n_steps = int(math.ceil(taus[-1] / dtau))
-    rec_steps = np.minimum(np.ceil(taus / dtau - 1e-9).astype(int), n_steps)
+    n_steps = math.ceil(tau[-1] / dtau)
+    rec_steps = np.minimum(np.ceil(tau / dtau - 1e-9).astype(int), n_steps)
     Wd = (W / math.sqrt(d)).astype(dtype)
     base = (math.exp(-problem.t) * (W @ X) / math.sqrt(d)).astype(dtype)
     A = np.zeros((d, p), dtype=dtype)
@@ -321,20 +330,20 @@ def first_bulk_edge(spectrum) -> float | None:
     return spectrum.edges[best][0]
 
 
-def fit_power_law(x: Sequence[float], y: Sequence[float]) -> dict:
+def fit_power_law(x: ArrayLike, y: ArrayLike) -> dict:
     """Least-squares slope of log y against log x: exponent, prefactor, r2."""
-    x = np.log(np.asarray(x, dtype=np.float64))
-    y = np.log(np.asarray(y, dtype=np.float64))
-    if x.size < 2 or not (np.all(np.isfinite(x)) and np.all(np.isfinite(y))):
+    lx = np.log(np.asarray(x, dtype=np.float64))
+    ly = np.log(np.asarray(y, dtype=np.float64))
+    if lx.size < 2 or not (np.all(np.isfinite(lx)) and np.all(np.isfinite(ly))):
         raise ValueError("need at least two positive, finite points to fit a power law")
-    A = np.vstack([x, np.ones_like(x)]).T
-    (k, b), *_ = np.linalg.lstsq(A, y, rcond=None)
+    A = np.vstack([lx, np.ones_like(lx)]).T
+    (k, b), *_ = np.linalg.lstsq(A, ly, rcond=None)
     pred = A @ np.array([k, b])
-    ss = np.sum((y - y.mean()) ** 2)
+    ss = np.sum((ly - ly.mean()) ** 2)
     return {
         "exponent": float(k),
         "prefactor": float(math.exp(b)),
-        "r2": float(1 - np.sum((y - pred) ** 2) / ss) if ss > 0 else 1.0,
+        "r2": float(1 - np.sum((ly - pred) ** 2) / ss) if ss > 0 else 1.0,
     }
 
 

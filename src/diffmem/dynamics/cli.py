@@ -1,0 +1,222 @@
+"""``diffmem dynamics | train | measure | sample``: the training-dynamics study and its stages.
+
+A thin argparse layer over :mod:`diffmem.dynamics`: the flags are the fields of :class:`TrainConfig`,
+:class:`EvalConfig` and :class:`TimeRules` (built by :mod:`diffmem.cliutils`). Module-level imports
+are light; torch loads inside the commands.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from ..cliutils import add_common, add_config_flags, config_from_flags, print_json, table
+
+__all__ = ["register"]
+
+
+# ----------------------------------------------------------------------------------------- dynamics
+def _seed(args: argparse.Namespace) -> dict[str, Any]:
+    return {} if args.seed is None else {"seed": args.seed}
+
+
+def _study_config(args: argparse.Namespace) -> Any:
+    from .evaluate import EvalConfig
+    from .study import StudyConfig
+    from .timescales import TimeRules
+    from .training import TrainConfig
+
+    cfg = config_from_flags(
+        StudyConfig,
+        args,
+        train=config_from_flags(TrainConfig, args, **_seed(args)),
+        eval=config_from_flags(EvalConfig, args, prefix="eval_", **_seed(args)),
+        rules=config_from_flags(TimeRules, args),
+    )
+    cfg.validate()
+    return cfg
+
+
+def cmd_dynamics(args: argparse.Namespace) -> int:
+    from ..config import to_dict
+    from .report import summary_table
+    from .study import run_study
+
+    cfg = _study_config(args)
+    if args.dry_run:
+        print_json({**to_dict(cfg), "runs": {n: to_dict(cfg.run_config(n)) for n in cfg.sizes}})
+        return 0
+    res = run_study(cfg, args.out, workers=args.workers, show_progress=not args.quiet, device=args.device)
+    fit = res.fit
+    print()
+    print(table(summary_table(res.to_dict())))
+    if fit.exponent is not None:
+        lo, hi = fit.exponent_ci
+        ci_s = f"[{lo:.2f}, {hi:.2f}]" if lo is not None and hi is not None else "n/a"
+        print(
+            f"\ntau_mem ~ n^{fit.exponent:.3f}  (95% CI {ci_s}, R^2 = {fit.r2:.3f}); "
+            f"tau_mem/n = {fit.tau_mem_over_n:.1f}"
+        )
+    else:
+        print("\ntau_mem was reached for fewer than two sizes: no scaling fit (train longer: --steps-per-n)")
+    if res.tau_gen_spread is not None:
+        print(f"tau_gen max/min across sizes = {res.tau_gen_spread:.2f}")
+    if res.collapse.ratio is not None:
+        print(f"collapse: spread of f_mem/f_mem(max) against tau/n is {res.collapse.ratio:.2f}x its spread against tau")
+    out = Path(args.out)
+    print(f"\nwrote {out / 'results.json'}, {out / 'report.html'} and figures/ in {res.elapsed_seconds or 0:.0f} s")
+    return 0
+
+
+def _train_config(args: argparse.Namespace) -> Any:
+    from .training import TrainConfig
+
+    return config_from_flags(TrainConfig, args, **_seed(args)).resolved()
+
+
+def _eval_config(args: argparse.Namespace) -> Any:
+    from .evaluate import EvalConfig
+
+    ev = config_from_flags(EvalConfig, args, prefix="eval_", **_seed(args))
+    ev.validate()
+    return ev
+
+
+def _run_config(run_dir: Path) -> Any:
+    from ..config import from_dict
+    from ..io import read_json
+    from .training import TrainConfig
+
+    path = Path(run_dir) / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{run_dir} is not a run folder (no config.json); train one with `diffmem train --out {run_dir}`"
+        )
+    return from_dict(TrainConfig, read_json(path))
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from tqdm.auto import tqdm
+
+    from .training import train
+
+    cfg = _train_config(args)
+    if args.dry_run:
+        from ..config import to_dict
+
+        print_json(to_dict(cfg))
+        return 0
+    import torch
+
+    torch.set_num_threads(args.threads)
+    with tqdm(total=cfg.steps, desc="train", disable=args.quiet) as bar:
+
+        def progress(step: int, total: int) -> None:
+            bar.n = step
+            bar.refresh()
+
+        train(cfg, args.out, progress=progress, device=args.device)
+    print(f"trained {cfg.steps} steps; checkpoints in {Path(args.out) / 'checkpoints'}")
+    return 0
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    from .. import io
+    from .evaluate import sample_checkpoint
+    from .training import list_checkpoints, load_checkpoint, load_split
+
+    cfg = _run_config(args.out)
+    ckpts = dict(list_checkpoints(args.out))
+    if not ckpts:
+        raise FileNotFoundError(f"{args.out} has no checkpoints; run `diffmem train --out {args.out}` first")
+    step = args.step if args.step is not None else max(ckpts)
+    if step not in ckpts:
+        raise ValueError(f"no checkpoint at step {step}; available: {sorted(ckpts)}")
+    ev = _eval_config(args)
+    if args.dry_run:
+        from ..config import to_dict
+
+        print_json({"run": to_dict(cfg), "eval": to_dict(ev), "step": step})
+        return 0
+    sp = load_split(cfg)
+    x = sample_checkpoint(load_checkpoint(ckpts[step], cfg, sp.shape, device=args.device), cfg, ev, sp.shape)
+    path = Path(args.out) / "samples" / f"sampled_step_{step:07d}.npz"
+    io.save_npz(path, samples=x.numpy(), pixels=sp.to_pixels(x).clamp(0, 1).numpy())
+    print(f"wrote {len(x)} samples (model space and pixels) to {path}")
+    return 0
+
+
+def cmd_measure(args: argparse.Namespace) -> int:
+    from tqdm.auto import tqdm
+
+    from .evaluate import measure
+
+    cfg = _run_config(args.out)
+    ev = _eval_config(args)
+    if args.dry_run:
+        from ..config import to_dict
+
+        print_json({"run": to_dict(cfg), "eval": to_dict(ev)})
+        return 0
+    bar = tqdm(desc="measure", disable=args.quiet)
+
+    def prog(i: int, total: int) -> None:
+        bar.total = total
+        bar.n = i
+        bar.refresh()
+
+    recs = measure(cfg, ev, args.out, progress=prog, device=args.device)
+    bar.close()
+    rows = [["step", "f_mem", "f_mem CI", "quality", "loss_train", "loss_test"]]
+    for r in recs:
+        rows.append(
+            [
+                str(r["step"]),
+                f"{r['f_mem']:.3f}",
+                f"[{r['f_mem_ci'][0]:.3f}, {r['f_mem_ci'][1]:.3f}]",
+                f"{r['quality']:.4g}",
+                f"{r['loss_train']:.4f}",
+                f"{r['loss_test']:.4f}",
+            ]
+        )
+    print(table(rows))
+    return 0
+
+
+def register(sub: Any) -> None:
+    """Add ``dynamics``, ``train``, ``sample`` and ``measure`` to an argparse ``subparsers`` object."""
+    from .evaluate import EvalConfig
+    from .study import StudyConfig
+    from .timescales import TimeRules
+    from .training import TrainConfig
+
+    p = sub.add_parser(
+        "dynamics", help="the main job: train over a range of n, extract tau_gen and tau_mem, fit the scaling"
+    )
+    add_common(p, "runs/dynamics", seed_help="random seed (training and evaluation)", device=True)
+    p.add_argument("--workers", type=int, default=None, help="parallel processes (default: number of cores)")
+    add_config_flags(p, StudyConfig, title="study")
+    add_config_flags(p, TrainConfig, skip=("n", "steps", "seed"), title="training (every size)")
+    add_config_flags(p, EvalConfig, prefix="eval_", skip=("seed",), title="evaluation")
+    add_config_flags(p, TimeRules, title="rules for tau_gen / tau_mem")
+    p.set_defaults(func=cmd_dynamics)
+
+    p = sub.add_parser("train", help="train one configuration (resumes if --out holds the same run)")
+    add_common(p, "runs/train", seed_help="random seed (initialisation, batches, noise)", device=True)
+    p.add_argument(
+        "--threads", type=int, default=1, help="torch threads (default 1: small models are fastest single-threaded)"
+    )
+    add_config_flags(p, TrainConfig, skip=("seed",), title="training")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("sample", help="draw samples from one checkpoint of a run folder (--out)")
+    add_common(p, "runs/train", seed_help="random seed of the initial noise", device=True, quiet=False)
+    p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the last)")
+    add_config_flags(p, EvalConfig, prefix="eval_", skip=("seed",), title="sampling")
+    p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("measure", help="evaluate every checkpoint of a run folder (--out) into metrics.jsonl")
+    add_common(p, "runs/train", seed_help="random seed of samples, bootstrap and loss noise", device=True)
+    add_config_flags(p, EvalConfig, prefix="eval_", skip=("seed",), title="evaluation")
+    p.set_defaults(func=cmd_measure)

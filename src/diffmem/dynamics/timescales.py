@@ -1,0 +1,337 @@
+"""From evaluated checkpoints to timescales: tau_gen, tau_mem, the scaling fit and the collapse.
+
+The paper reads both times off its curves and gives no numeric rule. Ours (docs/dynamics.md):
+
+* **tau_mem** — the first training time at which the *lower* end of the 95% bootstrap interval of
+  f_mem reaches ``mem_threshold`` (default 0.01) and stays there at the next checkpoint too,
+  interpolated linearly in log time between the two checkpoints that bracket the crossing. Using
+  the lower bound means a handful of lucky near-copies among the samples cannot trigger it.
+* **tau_gen** — the first training time at which the quality (a Fréchet distance: lower is better)
+  comes within ``gen_fraction`` (default 10%) of its total improvement of its best value,
+  ``q <= q_best + gen_fraction * (q_first - q_best)``, again interpolated in log time, where
+  ``q_best`` is the best value over the whole run (so tau_gen does not depend on tau_mem).
+* **scaling** — least squares of ``log tau_mem`` against ``log n``: exponent, its 95% confidence
+  interval (Student t), R²; and ``tau_mem / n`` per run with its geometric mean.
+* **collapse** — ``f_mem(tau) / f_mem(tau_max)`` interpolated on a common log grid: the mean spread
+  (standard deviation across runs) against ``tau / n`` versus against ``tau``; a ratio below 1 means
+  the curves collapse when time is rescaled by n.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+
+import numpy as np
+
+__all__ = [
+    "Analysis",
+    "Collapse",
+    "RunTimes",
+    "ScalingFit",
+    "TimeRules",
+    "analyze",
+    "analyze_run",
+    "collapse",
+    "fit_scaling",
+    "tau_gen",
+    "tau_mem",
+    "tau_test_min",
+]
+
+
+@dataclass(frozen=True)
+class TimeRules:
+    """The rules that turn curves into tau_gen and tau_mem (fixed before measuring; see docs/dynamics.md)."""
+
+    mem_threshold: float = 0.01
+    """tau_mem: the level the lower 95% bootstrap bound of f_mem must reach."""
+    gen_fraction: float = 0.1
+    """tau_gen: the quality must come within this fraction of its total improvement of its best value."""
+    persist: int = 1
+    """tau_mem: the crossing must hold for this many further checkpoints (where they exist)."""
+
+    def validate(self) -> None:
+        if not 0 < self.mem_threshold < 1:
+            raise ValueError(f"mem_threshold must lie in (0, 1), got {self.mem_threshold}")
+        if not 0 < self.gen_fraction < 1:
+            raise ValueError(f"gen_fraction must lie in (0, 1), got {self.gen_fraction}")
+
+
+def _log_crossing(s0: float, s1: float, v0: float, v1: float, target: float) -> float:
+    """Time where the value crosses ``target`` between (s0, v0) and (s1, v1), linear in log time."""
+    if v1 == v0:
+        return float(s1)
+    frac = min(1.0, max(0.0, (target - v0) / (v1 - v0)))
+    return float(math.exp(math.log(s0) + frac * (math.log(s1) - math.log(s0))))
+
+
+def _first_crossing(values: Sequence[float], ok: Callable[[float], bool], persist: int) -> int | None:
+    """Index of the first value where ``ok`` holds, there and at the next ``persist`` values (None if never)."""
+    values = list(values)
+    for j, v in enumerate(values):
+        if ok(v) and all(ok(w) for w in values[j + 1 : j + 1 + persist]):
+            return j
+    return None
+
+
+def tau_mem(steps: Sequence[float], f_mem_lo: Sequence[float], rules: TimeRules = TimeRules()) -> float | None:
+    """First time the lower bootstrap bound of f_mem reaches the threshold (None if never)."""
+    j = _first_crossing(f_mem_lo, lambda v: v >= rules.mem_threshold, rules.persist)
+    if j is None:
+        return None
+    if j == 0:
+        return float(steps[0])
+    return _log_crossing(steps[j - 1], steps[j], f_mem_lo[j - 1], f_mem_lo[j], rules.mem_threshold)
+
+
+def tau_gen(
+    steps: Sequence[float], quality: Sequence[float], rules: TimeRules = TimeRules(), until: float | None = None
+) -> float | None:
+    """First time the quality comes within ``gen_fraction`` of its improvement of its best value."""
+    s = np.asarray(steps, dtype=np.float64)
+    q = np.asarray(quality, dtype=np.float64)
+    ok = np.isfinite(q)
+    s, q = s[ok], q[ok]
+    if s.size < 2:
+        return None
+    window = s <= until if until is not None and np.any(s <= until) else np.ones_like(s, dtype=bool)
+    q_best = float(q[window].min())
+    target = q_best + rules.gen_fraction * (float(q[0]) - q_best)
+    if q[0] <= target:
+        return float(s[0])
+    j = _first_crossing(q, lambda v: v <= target, 0)
+    return _log_crossing(s[j - 1], s[j], q[j - 1], q[j], target) if j else None
+
+
+def tau_test_min(steps: Sequence[float], loss_test: Sequence[float]) -> float | None:
+    """Time of the minimum test loss at fixed t (after it the test loss rises)."""
+    if len(steps) == 0:
+        return None
+    return float(np.asarray(steps)[int(np.nanargmin(np.asarray(loss_test, dtype=np.float64)))])
+
+
+@dataclass(frozen=True)
+class ScalingFit:
+    """``log tau = log prefactor + exponent * log n``, least squares over the runs where tau was reached."""
+
+    exponent: float | None
+    """The fitted exponent (None with fewer than two distinct sizes)."""
+    exponent_ci: tuple[float | None, float | None]
+    """Its 95% confidence interval (Student t; needs at least three points)."""
+    r2: float | None
+    """Coefficient of determination of the log-log fit."""
+    prefactor: float | None
+    """``exp(intercept)``: tau at n = 1."""
+    points: int
+    """How many runs entered the fit."""
+    tau_mem_over_n: float | None
+    """Geometric mean of tau / n over those runs."""
+    tau_mem_over_n_each: tuple[float, ...]
+    """tau / n of each of those runs."""
+
+    def to_dict(self) -> dict:
+        return {
+            "exponent": self.exponent,
+            "exponent_ci": list(self.exponent_ci),
+            "r2": self.r2,
+            "prefactor": self.prefactor,
+            "points": self.points,
+            "tau_mem_over_n": self.tau_mem_over_n,
+            "tau_mem_over_n_each": list(self.tau_mem_over_n_each),
+        }
+
+
+def fit_scaling(ns: Sequence[float], taus: Sequence[float | None], level: float = 0.95) -> ScalingFit:
+    """Fit ``log tau = c + exponent * log n`` by least squares over the runs where tau was reached.
+
+    Parameters
+    ----------
+    ns : sequence of float
+        Training-set sizes.
+    taus : sequence of float or None
+        The time of each run (None or <= 0 where it was not reached: left out of the fit).
+    level : float
+        Confidence level of ``exponent_ci``.
+
+    Returns
+    -------
+    ScalingFit
+
+    Examples
+    --------
+    >>> fit = fit_scaling([32, 64, 128], [3200.0, 6400.0, 12800.0])
+    >>> round(fit.exponent, 6), round(fit.tau_mem_over_n, 6)
+    (1.0, 100.0)
+    """
+    from scipy import stats
+
+    pairs = [(float(n), float(t)) for n, t in zip(ns, taus) if t is not None and t > 0]
+    ratios = tuple(t / n for n, t in pairs)
+    over_n = float(np.exp(np.mean(np.log(ratios)))) if ratios else None
+    if len(pairs) < 2 or len({n for n, _ in pairs}) < 2:
+        return ScalingFit(None, (None, None), None, None, len(pairs), over_n, ratios)
+    x = np.log([n for n, _ in pairs])
+    y = np.log([t for _, t in pairs])
+    res = stats.linregress(x, y)
+    ci: tuple[float | None, float | None] = (None, None)
+    if len(pairs) > 2:
+        h = float(stats.t.ppf(0.5 + level / 2, len(pairs) - 2)) * float(res.stderr)
+        ci = (float(res.slope - h), float(res.slope + h))
+    r2 = float(res.rvalue**2) if len(pairs) > 2 else 1.0
+    return ScalingFit(float(res.slope), ci, r2, float(np.exp(res.intercept)), len(pairs), over_n, ratios)
+
+
+def _normalized(curve: Sequence[dict]) -> tuple[np.ndarray, np.ndarray]:
+    s = np.array([c["step"] for c in curve], dtype=np.float64)
+    f = np.array([c["f_mem"] for c in curve], dtype=np.float64)
+    return s, (f / f[-1] if f[-1] > 0 else np.full_like(f, np.nan))
+
+
+@dataclass(frozen=True)
+class Collapse:
+    """Spread of the normalized f_mem curves across runs against tau/n and against tau."""
+
+    spread_vs_tau_over_n: float | None
+    spread_vs_tau: float | None
+    ratio: float | None
+    """``spread_vs_tau_over_n / spread_vs_tau``; below 1 when rescaling time by n brings the curves together."""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def collapse(runs: Sequence[RunTimes], points: int = 50) -> Collapse:
+    """Spread of f_mem/f_mem(tau_max) across runs against tau/n and against tau (common log grids)."""
+
+    def spread(key_scale: bool) -> float | None:
+        curves = []
+        for r in runs:
+            s, g = _normalized(list(r.curve))
+            if np.all(np.isnan(g)):
+                continue
+            curves.append((s / r.n if key_scale else s, g))
+        if len(curves) < 2:
+            return None
+        lo = max(c[0][0] for c in curves)
+        hi = min(c[0][-1] for c in curves)
+        if not hi > lo:
+            return None
+        grid = np.exp(np.linspace(np.log(lo), np.log(hi), points))
+        vals = np.stack([np.interp(np.log(grid), np.log(x), g) for x, g in curves])
+        return float(np.mean(np.std(vals, axis=0)))
+
+    by_n, by_t = spread(True), spread(False)
+    return Collapse(by_n, by_t, (by_n / by_t) if by_n is not None and by_t else None)
+
+
+@dataclass(frozen=True)
+class RunTimes:
+    """The times read off one run's curve."""
+
+    n: int
+    """Training-set size."""
+    tau_gen: float | None
+    """Generalization time (steps), None if the quality never reached its plateau."""
+    tau_mem: float | None
+    """Memorization time (steps), None if f_mem's lower bound never reached the threshold."""
+    tau_test_min: float | None
+    """Step of the smallest test loss at fixed t."""
+    f_mem_final: float | None
+    """f_mem at the last checkpoint."""
+    curve: tuple[dict, ...] = field(repr=False)
+    """One record per checkpoint, by step: step, f_mem, f_mem_ci, quality, quality_metric, loss_train, loss_test."""
+    run_dir: str | None = None
+    """The run folder, relative to the study folder (set by the study)."""
+    steps: int | None = None
+    """The run's training budget in steps (set by the study)."""
+
+    def to_dict(self) -> dict:
+        out = {
+            "n": self.n,
+            "tau_gen": self.tau_gen,
+            "tau_mem": self.tau_mem,
+            "tau_test_min": self.tau_test_min,
+            "f_mem_final": self.f_mem_final,
+            "curve": [dict(c) for c in self.curve],
+        }
+        if self.run_dir is not None:
+            out["run_dir"] = self.run_dir
+        if self.steps is not None:
+            out["steps"] = self.steps
+        return out
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """Everything :func:`analyze` reads off a set of runs."""
+
+    runs: tuple[RunTimes, ...]
+    """One entry per run, by increasing n."""
+    fit: ScalingFit
+    """tau_mem against n."""
+    tau_gen_fit: ScalingFit
+    """tau_gen against n (an exponent near 0 means tau_gen does not depend on n)."""
+    tau_gen_spread: float | None
+    """max / min of tau_gen across runs."""
+    collapse: Collapse
+    rules: TimeRules
+
+    def to_dict(self) -> dict:
+        return {
+            "runs": [r.to_dict() for r in self.runs],
+            "fit": self.fit.to_dict(),
+            "tau_gen_fit": self.tau_gen_fit.to_dict(),
+            "tau_gen_spread": self.tau_gen_spread,
+            "collapse": self.collapse.to_dict(),
+            "rules": asdict(self.rules),
+        }
+
+    def with_runs(self, runs: Sequence[RunTimes]) -> Analysis:
+        """The same analysis with the run entries replaced (e.g. annotated with their folders)."""
+        return replace(self, runs=tuple(runs))
+
+
+def analyze_run(n: int, curve: Sequence[dict], rules: TimeRules = TimeRules()) -> RunTimes:
+    """tau_gen, tau_mem, the test-loss minimum and the final f_mem of one run's curve."""
+    pts = sorted(curve, key=lambda c: c["step"])
+    steps = [c["step"] for c in pts]
+    return RunTimes(
+        n=int(n),
+        tau_gen=tau_gen(steps, [c["quality"] for c in pts], rules),
+        tau_mem=tau_mem(steps, [c["f_mem_ci"][0] for c in pts], rules),
+        tau_test_min=tau_test_min(steps, [c["loss_test"] for c in pts]),
+        f_mem_final=pts[-1]["f_mem"] if pts else None,
+        curve=tuple(pts),
+    )
+
+
+def analyze(runs: Sequence[tuple[int, Sequence[dict]]], rules: TimeRules = TimeRules()) -> Analysis:
+    """Per-run times, the tau_mem ~ n fit, the tau_gen fit and spread, and the collapse.
+
+    Parameters
+    ----------
+    runs : sequence of (n, curve)
+        ``curve`` holds one record per checkpoint with at least ``step``, ``f_mem``, ``f_mem_ci``,
+        ``quality`` and ``loss_test`` (what ``metrics.jsonl`` holds).
+    rules : TimeRules
+        The thresholds that turn curves into times.
+
+    Returns
+    -------
+    Analysis
+        Frozen; ``to_dict()`` gives the ``runs``, ``fit``, ``tau_gen_fit``, ``tau_gen_spread``,
+        ``collapse`` and ``rules`` entries of ``results.json``.
+    """
+    rules.validate()
+    out_runs = tuple(analyze_run(n, c, rules) for n, c in sorted(runs, key=lambda r: r[0]))
+    gens = [r.tau_gen for r in out_runs if r.tau_gen is not None]
+    return Analysis(
+        runs=out_runs,
+        fit=fit_scaling([r.n for r in out_runs], [r.tau_mem for r in out_runs]),
+        tau_gen_fit=fit_scaling([r.n for r in out_runs], [r.tau_gen for r in out_runs]),
+        tau_gen_spread=(max(gens) / min(gens)) if len(gens) >= 2 else None,
+        collapse=collapse(out_runs),
+        rules=rules,
+    )
