@@ -3,7 +3,7 @@
     python benchmarks/bench_audit.py --out runs/bench_audit
 
 Runs the CLI in a fresh folder (``--out``/cli, deleted first unless --keep), times it, and prints
-the key numbers from ``audit.json``; writes ``bench_audit.json`` into --out. Targets (issue 4): mean
+the key numbers from ``audit.json``; writes ``bench_audit.json`` into --out. Targets: mean
 overestimation coefficient a of memorized captions close to g = 7.5 and far below for normal ones;
 memorized trajectories collapse across seeds and normal ones do not; Pearson correlation of a
 deviation (D1 or D2) with severity >= 0.8; best detector AUROC >= 0.95; total wall time <= ~6 min

@@ -1,4 +1,4 @@
-"""Benchmark: the random-features theory (issue 3) at the paper's sizes.
+"""Benchmark: the random-features theory at the paper's sizes (results in docs/theory.md).
 
     OMP_NUM_THREADS=2 python benchmarks/bench_theory.py --out runs/bench_theory
 
@@ -163,7 +163,7 @@ def bench_dynamics(d: int, psi_ns, max_steps: int, seed: int) -> dict:
         taus = np.geomspace(20 * dtau, tau_hi, 10)
         last = [0.0]
 
-        def progress(k, n, pn=pn):
+        def progress(k, n, pn=pn, last=last):
             if time.perf_counter() - last[0] > 30:
                 last[0] = time.perf_counter()
                 print(f"  psi_n={pn:g}: GD step {k}/{n}", flush=True)
@@ -239,21 +239,22 @@ def main() -> None:
     if "speed" not in args.skip:
         print("solver speed ...", flush=True)
         res["speed"] = s = bench_speed(args.eig_d, args.seed)
+        big = s["d1000"]
         print(
             f"  400-point density: {s['solver_400_s']:.3f} s ({s['unconverged']} unconverged, mass {s['mass']:.4f}); "
-            f"d=1000 (p=64000): {s['d1000']['solver_s']:.3f} s, dense matrix would be {s['d1000']['dense_matrix_gb']:.0f} GB"
+            f"d=1000 (p=64000): {big['solver_s']:.3f} s, dense matrix would be {big['dense_matrix_gb']:.0f} GB"
         )
         for e in s["eigvalsh"]:
-            print(
-                f"  eigvalsh p={e['p']}: {e['eigvalsh_s']:.2f} s  (ratio to solver {e['eigvalsh_s'] / s['solver_400_s']:.0f}x)"
-            )
+            ratio = e["eigvalsh_s"] / s["solver_400_s"]
+            print(f"  eigvalsh p={e['p']}: {e['eigvalsh_s']:.2f} s  (ratio to solver {ratio:.0f}x)")
         write_json(out / "bench_theory.json", res)
     if "spectrum" not in args.skip:
         print("spectrum vs simulation ...", flush=True)
         res["spectrum"] = s = bench_spectrum(args.d, args.seed)
         print(
-            f"  d={s['d']} p={s['p']} n={s['n']}: KS(GE)={s['ks_ge']:.4f} KS(exact, top n+d)={s['ks_exact_top']:.4f}; delta weight "
-            f"theory {s['delta_peak_weight_theory']:.6f} solver {s['delta_peak_weight_solver']:.6f} GE count {s['delta_peak_weight_ge_count']:.6f}"
+            f"  d={s['d']} p={s['p']} n={s['n']}: KS(GE)={s['ks_ge']:.4f} KS(exact, top n+d)={s['ks_exact_top']:.4f}; "
+            f"delta weight theory {s['delta_peak_weight_theory']:.6f} solver {s['delta_peak_weight_solver']:.6f} "
+            f"GE count {s['delta_peak_weight_ge_count']:.6f}"
         )
         write_json(out / "bench_theory.json", res)
     if "large" not in args.skip:
@@ -272,20 +273,23 @@ def main() -> None:
     if "speed" in res:
         s = res["speed"]
         print(f"| 400-point density (psi_p=64, psi_n=8, t=0.01) | {s['solver_400_s']:.3f} s |")
+        big = s["d1000"]
         print(
-            f"| same at d=1000, p=64000 | {s['d1000']['solver_s']:.3f} s (eigvalsh impossible: {s['d1000']['dense_matrix_gb']:.0f} GB) |"
+            f"| same at d=1000, p=64000 | {big['solver_s']:.3f} s "
+            f"(eigvalsh impossible: {big['dense_matrix_gb']:.0f} GB) |"
         )
         e = s["eigvalsh"][-1]
         print(
-            f"| eigvalsh at p={e['p']} (d={e['d']}) | {e['eigvalsh_s']:.2f} s, {s['speed_ratio_at_largest']:.0f}x the solver |"
+            f"| eigvalsh at p={e['p']} (d={e['d']}) | {e['eigvalsh_s']:.2f} s, "
+            f"{s['speed_ratio_at_largest']:.0f}x the solver |"
         )
     if "spectrum" in res:
         s = res["spectrum"]
         print(f"| KS distance, theory vs Gaussian-equivalent eigenvalues (d={s['d']}) | {s['ks_ge']:.4f} |")
         print(f"| KS distance, theory vs exact-U eigenvalues, top n+d (d={s['d']}) | {s['ks_exact_top']:.4f} |")
         print(
-            f"| delta weight: 1-(1+psi_n)/psi_p / solver / count | {s['delta_peak_weight_theory']:.6f} / {s['delta_peak_weight_solver']:.6f} / "
-            f"{s['delta_peak_weight_ge_count']:.6f} |"
+            f"| delta weight: 1-(1+psi_n)/psi_p / solver / count | {s['delta_peak_weight_theory']:.6f} / "
+            f"{s['delta_peak_weight_solver']:.6f} / {s['delta_peak_weight_ge_count']:.6f} |"
         )
     if "large" in res:
         s = res["large"]
@@ -297,7 +301,8 @@ def main() -> None:
         for r in res["dynamics"]["runs"]:
             e = r["max_rel_err"]
             print(
-                f"| GD vs closed form, psi_n={r['psi_n']:g} ({r['steps']} steps, tau up to {r['tau_max_over_tau_mem']:.2f} tau_mem) | "
+                f"| GD vs closed form, psi_n={r['psi_n']:g} ({r['steps']} steps, "
+                f"tau up to {r['tau_max_over_tau_mem']:.2f} tau_mem) | "
                 f"exact U: L_train {100 * e['L_train_vs_exact']:.2f}%, L_test {100 * e['L_test_vs_exact']:.2f}%; "
                 f"GE: L_train {100 * e['L_train_vs_ge']:.2f}%, L_test {100 * e['L_test_vs_ge']:.2f}% |"
             )

@@ -81,7 +81,8 @@ def main() -> None:
     print(f"{'W':>4} {'params':>10} {'image':>7} {'threads':>8} {'ms/step':>9}")
     for r in rows:
         print(
-            f"{r['width']:>4} {r['params']:>10,} {r['size']:>4}x{r['size']:<2} {r['threads']:>8} {r['ms_per_step']:>9.1f}"
+            f"{r['width']:>4} {r['params']:>10,} {r['size']:>4}x{r['size']:<2} "
+            f"{r['threads']:>8} {r['ms_per_step']:>9.1f}"
         )
     if args.json:
         from diffmem.io import write_json

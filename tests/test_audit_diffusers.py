@@ -16,11 +16,12 @@ import torch
 diffusers = pytest.importorskip("diffusers")
 transformers = pytest.importorskip("transformers")
 
-from diffmem import sampling  # noqa: E402
-from diffmem.audit.diffusers_adapter import DiffusersModel, load_pipeline_model  # noqa: E402
-from diffmem.audit.manifest import read_manifest  # noqa: E402
-from diffmem.audit.protocol import GuidedModel, PromptSpec, Severity  # noqa: E402
-from diffmem.audit.sscd import IMAGENET_MEAN, IMAGENET_STD, SSCDSeverity  # noqa: E402
+# below the importorskip calls: without diffusers/transformers the module is skipped before these load
+from diffmem import sampling  # noqa: E402 - after importorskip
+from diffmem.audit.diffusers_adapter import DiffusersModel, load_pipeline_model  # noqa: E402 - after importorskip
+from diffmem.audit.manifest import read_manifest  # noqa: E402 - after importorskip
+from diffmem.audit.protocol import PromptSpec  # noqa: E402 - after importorskip
+from diffmem.audit.sscd import IMAGENET_MEAN, IMAGENET_STD, SSCDSeverity  # noqa: E402 - after importorskip
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.:DeprecationWarning")
 
@@ -148,9 +149,18 @@ def offline(monkeypatch):
 # ------------------------------------------------------------------------------------- loading
 def test_load_offline_and_shapes(pipe_dir, offline):
     m = load_pipeline_model(pipe_dir)
-    assert isinstance(m, DiffusersModel) and isinstance(m, GuidedModel)
+    assert isinstance(m, DiffusersModel)
     assert m.latent_shape == (4, 8, 8)
     assert m.resolution == (16, 16)  # sample_size 8 x vae scale 2
+    # what the audit calls: both branches at once, pixels to latents and back
+    x = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    eps_c, eps_u = m.predict(x, torch.tensor([999.0, 1.0]), "a cat")
+    assert eps_c.shape == eps_u.shape == x.shape and eps_c.dtype == x.dtype
+    assert (eps_c - eps_u).abs().max() > 0
+    z = m.encode(torch.rand(3, 3, 16, 16, generator=torch.Generator().manual_seed(1)))
+    assert z.shape == (3, *m.latent_shape)
+    img = m.decode(z)
+    assert img.shape == (3, 3, 16, 16) and img.min() >= 0 and img.max() <= 1
     assert m.prediction_type == "epsilon"
     info = m.to_dict()
     assert info["T"] == 1000 and info["beta_schedule"] == "scaled_linear" and info["text_max_length"] == 77
@@ -169,16 +179,16 @@ def test_missing_and_invalid_folders(tmp_path, pipe_dir):
     with pytest.raises(FileNotFoundError, match="no such pipeline folder"):
         load_pipeline_model(tmp_path / "nope")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ValueError, match="not a diffusers pipeline folder.*model_index.json"):
+    with pytest.raises(ValueError, match=r"not a diffusers pipeline folder: it has no model_index\.json"):
         load_pipeline_model(tmp_path / "empty")
     f = tmp_path / "model.safetensors"
     f.write_bytes(b"x")
-    with pytest.raises(ValueError, match="is a file"):
+    with pytest.raises(ValueError, match="is a file, not a diffusers pipeline folder"):
         load_pipeline_model(f)
     broken = tmp_path / "broken"
     shutil.copytree(pipe_dir, broken)
     shutil.rmtree(broken / "unet")
-    with pytest.raises(ValueError, match="missing unet/"):
+    with pytest.raises(ValueError, match="not a complete diffusers pipeline folder: missing unet/"):
         load_pipeline_model(broken)
     noweights = tmp_path / "noweights"
     shutil.copytree(pipe_dir, noweights)
@@ -250,9 +260,9 @@ def test_long_prompts_are_truncated_like_the_pipeline(pipe_dir):
 
 def test_predict_rejects_bad_input(pipe_dir):
     m = load_pipeline_model(pipe_dir)
-    with pytest.raises(ValueError, match="shape"):
+    with pytest.raises(ValueError, match=r"x must have shape \(S, 4, 8, 8\), got \(2, 4, 16, 16\)"):
         m.predict(torch.zeros(2, 4, 16, 16), torch.zeros(2), "a")
-    with pytest.raises(ValueError, match=r"\[0, 1000\)"):
+    with pytest.raises(ValueError, match=r"step indices must lie in \[0, 1000\), got 3\.\.1000"):
         m.predict(torch.zeros(2, 4, 8, 8), torch.tensor([1000.0, 3.0]), "a")
     with pytest.raises(ValueError, match="one step index per sample"):
         m.predict(torch.zeros(2, 4, 8, 8), torch.zeros(3), "a")
@@ -262,7 +272,7 @@ def _guided_denoiser(model, prompt, g, calls):
     def den(x, t):
         calls.append(x.shape[0])
         c, u = model.predict(x, t, prompt)
-        return u + g * (c - u)
+        return sampling.cfg_mix(u, c, g)
 
     return den
 
@@ -352,9 +362,9 @@ def test_encode_grayscale_resize_and_crop(pipe_dir):
     torch.testing.assert_close(m.encode(wide), m.encode(wide[..., 12:28]))
     tall = torch.rand(1, 3, 40, 16, generator=gen)
     torch.testing.assert_close(m.encode(tall), m.encode(tall[..., 12:28, :]))
-    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+    with pytest.raises(ValueError, match=r"pixels must be finite and lie in \[0, 1\]"):
         m.encode(gray * 2)
-    with pytest.raises(ValueError, match="shape"):
+    with pytest.raises(ValueError, match=r"pixels must have shape \(N, 1 or 3, H, W\), got \(1, 4, 16, 16\)"):
         m.encode(torch.rand(1, 4, 16, 16))
 
 
@@ -427,10 +437,10 @@ def test_manifest_errors(tmp_path, images):
 
     with pytest.raises(FileNotFoundError, match="no such manifest"):
         read_manifest(tmp_path / "none.json")
-    with pytest.raises(FileNotFoundError, match="entry 2.*'b'.*missing.png"):
+    with pytest.raises(FileNotFoundError, match=r"entry 2 \(prompt 'b'\): image file .*missing\.png does not exist"):
         read_manifest(write("m.json", [{"prompt": "a", "image": "img/a.png"}, {"prompt": "b", "image": "missing.png"}]))
     (tmp_path / "bad.png").write_bytes(b"not an image at all")
-    with pytest.raises(ValueError, match="entry 1.*not a readable image"):
+    with pytest.raises(ValueError, match=r"entry 1 \(prompt 'a'\): .*bad\.png is not a readable image"):
         read_manifest(write("m.json", [{"prompt": "a", "image": "bad.png"}]))
     with pytest.raises(ValueError, match="lists no prompts"):
         read_manifest(write("m.json", []))
@@ -438,7 +448,7 @@ def test_manifest_errors(tmp_path, images):
         read_manifest(write("m.csv", "prompt,image,label\n"))
     with pytest.raises(ValueError, match="has no image"):
         read_manifest(write("m.json", [{"prompt": "a"}]))
-    with pytest.raises(ValueError, match="line 2.*has no image"):
+    with pytest.raises(ValueError, match=r"m\.csv line 2 \(prompt 'a'\): the prompt has no image"):
         read_manifest(write("m.csv", "prompt,image\na,\n"))
     with pytest.raises(ValueError, match="no prompt text"):
         read_manifest(write("m.jsonl", '{"image": "img/a.png"}\n'))
@@ -451,7 +461,7 @@ def test_manifest_errors(tmp_path, images):
     with pytest.raises(ValueError, match="unknown manifest type"):
         read_manifest(write("m.txt", "a cat"))
     dup = [{"prompt": "a", "image": "img/a.png"}, {"prompt": "a", "image": "img/b.png"}]
-    with pytest.raises(ValueError, match="entry 2.*duplicate prompt"):
+    with pytest.raises(ValueError, match=r"entry 2 \(prompt 'a'\): duplicate prompt \(also m\.json entry 1"):
         read_manifest(write("m.json", dup))
     keyed = read_manifest(write("m.json", [dict(e, key=f"a{i}") for i, e in enumerate(dup)]))
     assert [s.key for s in keyed] == ["a0", "a1"]
@@ -496,7 +506,7 @@ def _manual_cosines(net, gen, ref):
 def test_sscd_severity_on_scripted_module(toy_sscd):
     net, path = toy_sscd
     sev = SSCDSeverity(path, size=16)
-    assert isinstance(sev, Severity) and sev.name == "sscd-cosine" and sev.threshold == 0.75 and sev.dim == 16
+    assert sev.name == "sscd-cosine" and sev.threshold == 0.75 and sev.dim == 16
     gen = torch.rand(5, 3, 16, 16, generator=torch.Generator().manual_seed(8))
     ref = gen[2].clone()
     got = sev(gen, ref)
@@ -532,7 +542,7 @@ def test_sscd_errors(tmp_path, toy_sscd):
     with pytest.raises(ValueError, match=r"shape \(N, D\)"):
         SSCDSeverity(maps, size=16)
     _, path = toy_sscd
-    with pytest.raises(ValueError, match="threshold"):
+    with pytest.raises(ValueError, match=r"threshold is a cosine similarity and must lie in \[-1, 1\], got 2\.0"):
         SSCDSeverity(path, threshold=2.0)
     with pytest.raises(ValueError, match="reference must be one image"):
         SSCDSeverity(path, size=16)(torch.rand(1, 3, 16, 16), torch.rand(1, 3, 16, 16))
@@ -569,7 +579,8 @@ def test_run_audit_on_tiny_pipeline(pipe_dir, tmp_path, offline):
         assert (tmp_path / "out" / name).is_file()
     saved = json.loads((tmp_path / "out" / "audit.json").read_text())
     assert saved["model"]["kind"] == "diffusers" and saved["model"]["latent_shape"] == [4, 8, 8]
-    assert saved["timesteps"] == res["timesteps"] == m.timesteps(4)
+    assert saved == res.to_dict()
+    assert saved["timesteps"] == res.timesteps == m.timesteps(4)
     assert [p["key"] for p in saved["prompts"]] == [s.key for s in specs]
     assert [p["label"] for p in saved["prompts"]] == ["memorized", "normal"]
     assert all(len(p["severity_per_seed"]) == 2 for p in saved["prompts"])
@@ -638,4 +649,5 @@ def test_audit_cli_on_tiny_pipeline(pipe_dir, tmp_path, offline, toy_sscd, capsy
             "--quiet",
         ]
     )
-    assert rc == 2 and "not a diffusers pipeline folder" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert rc == 2 and "notpipe is not a diffusers pipeline folder: it has no model_index.json" in err

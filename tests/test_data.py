@@ -64,7 +64,7 @@ def test_npz_loading_and_bad_arrays(tmp_path):
     (tmp_path / "junk.npz").write_bytes(b"not an archive")
     with pytest.raises(ValueError, match="cannot read"):
         data.from_npz(tmp_path / "junk.npz")
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(FileNotFoundError, match=r"missing\.npz"):
         data.from_npz(tmp_path / "missing.npz")
 
 
@@ -82,7 +82,7 @@ def test_image_folder_resize_centre_crop_grayscale(tmp_path):
     assert row[0] < 0.05 and row[-1] > 0.95 and 0.2 < row.mean() < 0.8
     assert data.load(str(tmp_path), size=16).pixels.shape == (3, 1, 16, 16)
     (tmp_path / "broken.png").write_bytes(b"\x89PNG garbage")
-    with pytest.raises(ValueError, match="broken.png"):
+    with pytest.raises(ValueError, match=r"broken\.png"):
         data.from_folder(tmp_path, size=16)
 
 

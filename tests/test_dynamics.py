@@ -3,7 +3,16 @@ import math
 import numpy as np
 import pytest
 
-from diffmem.dynamics.timescales import TimeRules, analyze, analyze_run, collapse, fit_scaling, tau_gen, tau_mem, tau_test_min
+from diffmem.dynamics.timescales import (
+    TimeRules,
+    analyze,
+    analyze_run,
+    collapse,
+    fit_scaling,
+    tau_gen,
+    tau_mem,
+    tau_test_min,
+)
 
 
 def test_tau_mem_interpolates_the_lower_bound_in_log_time():

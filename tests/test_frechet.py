@@ -112,11 +112,15 @@ def test_torchscript_feature_space(tmp_path, digit_sets):
     path = tmp_path / "feat.pt"
     torch.jit.save(torch.jit.script(net), str(path))
     space = feature_space(str(path), (1, 8, 8))
-    assert isinstance(space, TorchScriptFeatures)
     with torch.no_grad():
         direct = net(train.repeat(1, 3, 1, 1)).double().numpy()
+        direct_real = net(real.repeat(1, 3, 1, 1)).double().numpy()
     np.testing.assert_allclose(space(train), direct, rtol=1e-6, atol=1e-7)  # grayscale repeated to 3 channels
-    assert frechet(train, real, space) >= 0
+    # the distance in that space equals the closed form on the network's own features (scipy's sqrtm)
+    ma, mb = direct.mean(0), direct_real.mean(0)
+    ca, cb = np.cov(direct, rowvar=False), np.cov(direct_real, rowvar=False)
+    ref = ((ma - mb) ** 2).sum() + np.trace(ca + cb - 2 * scipy.linalg.sqrtm(ca @ cb).real)
+    assert frechet(train, real, space) == pytest.approx(ref, rel=1e-6, abs=1e-9)
 
 
 def test_bad_input(tmp_path):
@@ -130,7 +134,7 @@ def test_bad_input(tmp_path):
         feature_space("digits", (1, 16, 16))
     with pytest.raises(ValueError, match="unknown feature space"):
         feature_space("inception", (3, 32, 32))
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(FileNotFoundError, match=r"missing\.pt does not exist"):
         TorchScriptFeatures(tmp_path / "missing.pt")
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a torchscript archive")

@@ -36,6 +36,7 @@ def test_ratio_matches_brute_force():
     assert r.value == pytest.approx(np.mean(d[:, 0] / d[:, 1] < 0.5))
     d1, d2, _ = nearest_two(s, tr, chunk=7)  # chunking does not change the answer
     np.testing.assert_allclose(d1, d[:, 0], rtol=1e-12)
+    np.testing.assert_allclose(d2, d[:, 1], rtol=1e-12)
 
 
 def test_bootstrap_interval_matches_binomial_width():

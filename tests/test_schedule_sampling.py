@@ -26,10 +26,37 @@ def test_ou_time_conversions():
         s.step_for_ou_time(-0.1)
 
 
-@pytest.mark.parametrize("bad", [dict(T=1), dict(beta_start=0.0), dict(beta_start=0.3, beta_end=0.1)])
-def test_linear_schedule_rejects_bad_input(bad):
-    with pytest.raises(ValueError):
-        schedule.linear(**bad)
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        (dict(T=1), "T must be an integer >= 2"),
+        (dict(beta_start=0.0), "need 0 < beta_start"),
+        (dict(beta_start=0.3, beta_end=0.1), "beta_start <= beta_end"),
+    ],
+)
+@pytest.mark.parametrize("make", [schedule.linear, schedule.scaled_linear])
+def test_schedules_reject_bad_input(make, bad, message):
+    with pytest.raises(ValueError, match=message):
+        make(**bad)
+
+
+def test_scaled_linear_matches_diffusers():
+    from diffusers import DDPMScheduler
+
+    ref = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, num_train_timesteps=1000)
+    ours = schedule.scaled_linear(1000, 0.00085, 0.012)
+    np.testing.assert_allclose(ours.betas.numpy(), ref.betas.double().numpy(), rtol=1e-6)
+    np.testing.assert_allclose(ours.alphas_cumprod.numpy(), ref.alphas_cumprod.double().numpy(), rtol=1e-5)
+
+
+def test_cfg_mix_is_the_guidance_formula():
+    g = torch.Generator().manual_seed(0)
+    eu, ec = torch.randn(3, 5, generator=g), torch.randn(3, 5, generator=g)
+    torch.testing.assert_close(sampling.cfg_mix(eu, ec, 7.5), eu + 7.5 * (ec - eu))
+    torch.testing.assert_close(sampling.cfg_mix(eu, ec, 0.0), eu)
+    torch.testing.assert_close(sampling.cfg_mix(eu, ec, 1.0), ec)
+    den = sampling.guided(lambda x, t: x + ec, lambda x, t: x + eu, 2.0)
+    torch.testing.assert_close(den(torch.zeros(3, 5), torch.zeros(3)), eu + 2.0 * (ec - eu))
 
 
 def _toy_denoiser(dim=16, seed=0):

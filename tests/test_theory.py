@@ -5,6 +5,9 @@ Full-size checks (d = 100, p = 6400) live in benchmarks/bench_theory.py; here d 
 
 from __future__ import annotations
 
+import dataclasses
+import doctest
+import importlib
 import json
 import math
 
@@ -77,14 +80,68 @@ def test_constants_match_monte_carlo(t, sigma_x, act):
     assert c.gamma**2 == pytest.approx(math.exp(-2 * t) * sigma_x**2 + c.delta, rel=1e-14)
 
 
+def _polynomial_constants(t, sigma_x, power):
+    """Closed forms of a, b, v^2, s^2 for sigma(h) = h (power 1) and sigma(h) = h^3 (power 3).
+
+    With c^2 = e^{-2t} sigma_x^2 (variance of the clean part), Gamma^2 = c^2 + Delta and, for jointly Gaussian
+    X, Y of variance Gamma^2 and covariance c^2: E[X^3 Y^3] = 9 Gamma^4 c^2 + 6 c^6, E X^6 = 15 Gamma^6.
+    """
+    c2 = math.exp(-2 * t) * sigma_x**2
+    delta = -math.expm1(-2 * t)
+    g2 = c2 + delta
+    if power == 1:
+        a, cross, m2 = 1.0, c2, g2
+    else:
+        a, cross, m2 = 3 * g2, 9 * g2**2 * c2 + 6 * c2**3, 15 * g2**3
+    b = math.sqrt(delta) * a
+    v2 = cross - a**2 * c2
+    return {"a": a, "b": b, "v2": v2, "s2": m2 - a**2 * c2 - v2 - b**2}
+
+
+@pytest.mark.parametrize("t,sigma_x", [(0.01, 1.0), (0.3, 1.3)])
+def test_constants_closed_forms(t, sigma_x):
+    """Linear (closed-form branch) and cubic (quadrature of a callable) against their closed forms; the relu
+    closed form against the quadrature of the same function given as a callable."""
+    for act, power in (("linear", 1), (lambda x: x**3, 3)):
+        c = rf_constants(t, sigma_x, act)
+        ref = _polynomial_constants(t, sigma_x, power)
+        for k, v in ref.items():
+            assert getattr(c, k) == pytest.approx(v, rel=1e-10, abs=1e-12), (act, k)
+    closed = rf_constants(t, sigma_x, "relu")
+    err = {}
+    for n_quad in (160, 360):
+        quad = rf_constants(t, sigma_x, lambda x: np.maximum(x, 0.0), n_quad=n_quad)
+        for k in ("a", "b", "second_moment"):
+            assert getattr(quad, k) == pytest.approx(getattr(closed, k), rel=1e-10)
+        err[n_quad] = max(abs(getattr(quad, k) / getattr(closed, k) - 1) for k in ("v2", "s2"))
+    # v^2 and s^2 integrate the kink (nested quadrature): the error falls like n_quad^-1.5 towards the closed form
+    assert err[360] < 1e-3 and err[360] < 0.4 * err[160]
+
+
+def test_constants_reject_bad_input():
+    with pytest.raises(ValueError, match=r"diffusion time t must be a finite number > 0 \(got 0\.0\)"):
+        rf_constants(0.0)
+    with pytest.raises(ValueError, match=r"sigma_x must be a finite number > 0 \(got inf\)"):
+        rf_constants(0.1, math.inf)
+    with pytest.raises(ValueError, match=r"unknown activation 'sigmoid'"):
+        rf_constants(0.1, activation="sigmoid")
+    with pytest.raises(ValueError, match=r"n_quad must be >= 8 \(got 4\)"):
+        rf_constants(0.1, n_quad=4)
+    with pytest.raises(ValueError, match=r"n_quad=400 is too large"):  # numpy's weights overflow: NaN otherwise
+        rf_constants(0.1, n_quad=400)
+
+
 # ------------------------------------------------------------------------------------------------ spectrum
 def test_spectrum_mass_delta_and_branch():
     s = spectral_density(0.01, 64.0, 8.0)
     assert s.lambdas.size == 400 and s.converged.all()
-    assert np.all(np.isfinite(s.density)) and np.all(s.density >= 0)
+    assert np.all(np.isfinite(s.density))
     assert np.all(s.q.imag >= 0)  # physical branch
-    w = 1 - (1 + 8) / 64
-    assert s.delta_peak_weight == w
+    # delta weight: the fraction of eigenvalues of a Gaussian-equivalent U equal to s_t^2 (U - s_t^2 I has rank n + d)
+    e = ge_eigenvalues(gaussian_equivalent(make_problem(20, 64.0, 8.0, 0.01, seed=0), s.constants, seed=1))
+    w = float(np.mean(np.abs(e - s.constants.s2) <= 1e-9 * s.constants.s2))
+    assert w == 1 - (160 + 20) / 1280
+    assert s.delta_peak_weight == pytest.approx(w, rel=1e-15)
     assert s.delta_peak_weight_solver == pytest.approx(w, abs=1e-6)
     assert s.mass == pytest.approx(1 - w, rel=5e-3)
     # three bulks: d directions near s^2, the n-specific first bulk, the population bulk at scale psi_p
@@ -169,13 +226,19 @@ def test_asymptotic_law_is_approached():
 
 
 def test_spectrum_rejects_and_flags(monkeypatch):
-    for kw in (dict(psi_p=0.0), dict(psi_n=-1.0), dict(psi_p=float("nan"))):
-        with pytest.raises(ValueError):
+    for kw, msg in (
+        (dict(psi_p=0.0), r"psi_p must be a finite number > 0 \(got 0\.0\)"),
+        (dict(psi_n=-1.0), r"psi_n must be a finite number > 0 \(got -1\.0\)"),
+        (dict(psi_p=float("nan")), r"psi_p must be a finite number > 0 \(got nan\)"),
+    ):
+        with pytest.raises(ValueError, match=msg):
             spectral_density(0.01, **{**dict(psi_p=64.0, psi_n=8.0), **kw})
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"diffusion time t must be a finite number > 0 \(got -0\.01\)"):
         spectral_density(-0.01, 64.0, 8.0)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"sigma_eigs must be finite, >= 0 and not all 0"):
         spectral_density(0.01, 64.0, 8.0, sigma_eigs=[1.0, -1.0])
+    with pytest.raises(ValueError, match=r"lambdas must be a finite, strictly increasing grid"):
+        spectral_density(0.01, 64.0, 8.0, lambdas=[1.0, 0.5])
     # a point where Newton fails is flagged, never a silent NaN
     from diffmem.theory import spectrum as sp
 
@@ -236,9 +299,9 @@ def test_score_error_identity_by_monte_carlo():
     es = eigensystem_dense(U, V, pop["U"], pop["V"], prob.delta, pop["gamma2"])
     tau = 50.0
     cur = closed_form_losses(es, [tau])
-    lam, O = np.linalg.eigh(U)
+    lam, vecs = np.linalg.eigh(U)
     h = -np.expm1(-(2 * prob.delta / 4.0) * lam * tau) / lam
-    A = -math.sqrt(prob.p / prob.delta) * V.T @ O @ np.diag(h) @ O.T
+    A = -math.sqrt(prob.p / prob.delta) * V.T @ vecs @ np.diag(h) @ vecs.T
     rng = np.random.default_rng(0)
     xt = math.sqrt(pop["gamma2"]) * rng.standard_normal((6, 400_000))
     s = A @ np.tanh(prob.W @ xt / math.sqrt(6)) / math.sqrt(prob.p)
@@ -269,9 +332,13 @@ def test_tau_mem_exponent_and_times():
     pts = [predicted_times(c, 64.0, pn) for pn in psi_n]
     fit = fit_power_law(psi_n, [p["tau_mem"] for p in pts])
     assert abs(fit["exponent"] - 1.0) < 0.1
-    for p in pts:
-        assert p["tau_gen"] == pytest.approx(1 / c.delta)
-        assert p["ratio"] == pytest.approx(p["tau_mem"] / p["tau_gen"])
+    tau_gen = 1 / (1 - math.exp(-0.2))  # 1/Delta_t at t = 0.1
+    for pn, p in zip(psi_n, pts):
+        # Theorem 3.2 left edge of the first bulk: s_t^2 + v_t^2 (1 - sqrt(psi_p/psi_n))^2
+        lam_min = c.s2 + c.v2 * (1 - math.sqrt(64.0 / pn)) ** 2
+        assert p["tau_gen"] == pytest.approx(tau_gen, rel=1e-12)
+        assert p["tau_mem"] == pytest.approx(64.0 / ((1 - math.exp(-0.2)) * lam_min), rel=1e-12)
+        assert p["ratio"] == pytest.approx(64.0 / lam_min, rel=1e-12)
         assert p["tau_mem"] > 10 * p["tau_gen"]
         assert p["memorization_expected"]
     assert not predicted_times(c, 8.0, 16.0)["memorization_expected"]
@@ -290,12 +357,18 @@ def test_tau_mem_exponent_and_times():
 
 def test_dynamics_rejects_bad_input():
     prob = make_problem(4, 2.0, 1.0, 0.1, seed=0)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"training times tau must be a non-empty list of numbers >= 0"):
         simulate_gd(prob, [-1.0])
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"simulate_gd needs finite training times tau"):
+        simulate_gd(prob, [1.0, math.inf])
+    with pytest.raises(ValueError, match=r"psi_p must be a finite number > 0 \(got 0\.0\)"):
         predicted_times(rf_constants(0.1), 0.0, 4.0)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"^t must be a finite number > 0 \(got -0\.1\)"):
         make_problem(10, 4.0, 2.0, -0.1)
+    with pytest.raises(ValueError, match=r"need at least two positive, finite points"):
+        fit_power_law([1.0, 2.0], [1.0, 0.0])
+    with pytest.raises(ValueError, match=r"psi_n must be strictly increasing"):
+        phase_diagram(0.1, [2.0, 1.0], [4.0], [10.0], d=4)
 
 
 # ------------------------------------------------------------------------------------------------ phase
@@ -322,7 +395,12 @@ def test_cli_spectrum_json_and_plot(tmp_path):
         assert k in res
     assert len(res["lambda"]) == len(res["density"]) == 80
     assert res["delta_peak_weight"] == pytest.approx(1 - 9 / 64)
-    assert res["constants"]["a_t"] == pytest.approx(rf_constants(0.01).a)
+    # a_t = E sigma'(Gamma_t z) with Gamma_t = 1 for sigma_x = 1: E[1 - tanh(z)^2] by scipy's adaptive quadrature
+    from scipy.integrate import quad
+
+    a_ref = quad(lambda z: (1 - math.tanh(z) ** 2) * math.exp(-z * z / 2) / math.sqrt(2 * math.pi), -12, 12)[0]
+    assert res["constants"]["a_t"] == pytest.approx(a_ref, rel=1e-10)
+    assert res["constants"]["delta_t"] == pytest.approx(1 - math.exp(-0.02), rel=1e-14)
     assert (tmp_path / "figures" / "spectrum.png").stat().st_size > 1000
     assert res["mass"] == pytest.approx(res["mass_expected"], rel=0.05)  # 80-point trapezoid
     sim = res["simulation"]
@@ -374,7 +452,16 @@ def test_cli_dynamics_and_phase(tmp_path):
     assert [r["psi_n"] for r in res["runs"]] == [4.0, 8.0]
     r = res["runs"][0]
     assert len(r["theory"]["tau"]) == len(r["theory"]["L_train"]) == 12
-    assert r["predicted"]["tau_mem"] > r["predicted"]["tau_gen"] > 0
+    c = res["constants"]
+    lam_min = c["s2"] + c["v2"] * (1 - math.sqrt(64.0 / 4.0)) ** 2  # Theorem 3.2 edge at psi_p = 64, psi_n = 4
+    tau_mem = 64.0 / ((1 - math.exp(-0.2)) * lam_min)
+    assert r["predicted"]["tau_gen"] == pytest.approx(1 / (1 - math.exp(-0.2)), rel=1e-12)
+    assert r["predicted"]["tau_mem"] == pytest.approx(tau_mem, rel=1e-12)
+    # the time grid: geometric from tau_min_ratio to tau_max_ratio (defaults 1e-4, 100) times tau_mem
+    assert r["theory"]["tau"] == pytest.approx(np.geomspace(1e-4 * tau_mem, 100 * tau_mem, 12).tolist(), rel=1e-12)
+    assert r["theory"]["L_gen"] == pytest.approx(
+        (np.array(r["theory"]["L_test"]) - np.array(r["theory"]["L_train"])).tolist(), abs=1e-15
+    )
     assert (tmp_path / "dyn" / "figures" / "dynamics.png").exists()
     rc = main(
         [
@@ -406,7 +493,114 @@ def test_cli_rejects_unphysical(tmp_path, capsys):
     from diffmem.cli import main
 
     assert main(["theory", "spectrum", "--out", str(tmp_path), "--t", "-0.1"]) == 2
-    assert "t" in capsys.readouterr().err
+    assert "--t must be a finite number > 0 (got -0.1)" in capsys.readouterr().err
     assert main(["theory", "spectrum", "--out", str(tmp_path), "--psi-n", "0"]) == 2
-    assert "psi" in capsys.readouterr().err.replace("-", "_")
+    assert "--psi-n must be a finite number > 0 (got 0.0)" in capsys.readouterr().err
+    assert main(["theory", "phase", "--out", str(tmp_path), "--psi-n", "4", "2"]) == 2
+    assert "--psi-n must be at least two increasing numbers > 0" in capsys.readouterr().err
     assert not (tmp_path / "spectrum.json").exists()
+    assert not (tmp_path / "phase.json").exists()
+    # choices come from the Literal annotations of the configurations
+    with pytest.raises(SystemExit):
+        main(["theory", "spectrum", "--activation", "sigmoid", "--dry-run"])
+    assert "invalid choice: 'sigmoid'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["theory", "dynamics", "--method", "dense", "--dry-run"])
+    assert "invalid choice: 'dense'" in capsys.readouterr().err
+
+
+def _dry_run(capsys, argv):
+    from diffmem.cli import main
+
+    assert main(["theory", *argv, "--dry-run"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_cli_flags_reach_the_configuration(capsys):
+    """Every flag of the three commands lands in its configuration field (--dry-run prints it unvalidated)."""
+    from diffmem.theory.run import DynamicsConfig, PhaseConfig, SpectrumConfig, config_dict
+
+    common = ["--t", "0.05", "--sigma-x", "2", "--activation", "relu", "--seed", "7"]
+    got = _dry_run(
+        capsys,
+        ["spectrum", *common, "--psi-p", "32", "--psi-n", "4", "--d", "50", "--n-points", "100"]
+        + ["--sigma-eigs", "1", "3", "--sigma-weights", "1", "2", "--simulate", "--matrix", "exact", "--bins", "30"],
+    )
+    assert got == {
+        "psi_p": 32.0,
+        "psi_n": 4.0,
+        "t": 0.05,
+        "sigma_x": 2.0,
+        "activation": "relu",
+        "n_points": 100,
+        "sigma_eigs": [1.0, 3.0],
+        "sigma_weights": [1.0, 2.0],
+        "simulate": True,
+        "matrix": "exact",
+        "d": 50,
+        "bins": 30,
+        "seed": 7,
+    }
+    got = _dry_run(
+        capsys,
+        ["dynamics", *common, "--psi-p", "16", "--psi-n", "2", "4", "--d", "20", "--method", "exact"]
+        + ["--n-taus", "10", "--tau-min-ratio", "0.01", "--tau-max-ratio", "10", "--gd", "--gd-max-steps", "5"]
+        + ["--gd-dtau-frac", "0.1", "--quiet", "--plot", "--out", "unused"],
+    )
+    assert got == {
+        "psi_p": 16.0,
+        "psi_n": [2.0, 4.0],
+        "t": 0.05,
+        "d": 20,
+        "sigma_x": 2.0,
+        "activation": "relu",
+        "method": "exact",
+        "n_taus": 10,
+        "tau_min_ratio": 0.01,
+        "tau_max_ratio": 10.0,
+        "gd": True,
+        "gd_max_steps": 5,
+        "gd_dtau_frac": 0.1,
+        "seed": 7,
+    }
+    got = _dry_run(
+        capsys,
+        ["phase", *common, "--psi-p", "4", "8", "--psi-n", "2", "4", "8", "--taus", "10", "inf"]
+        + ["--threshold", "0.5", "--d", "10", "--quiet"],
+    )
+    assert got == {
+        "t": 0.05,
+        "psi_n": [2.0, 4.0, 8.0],
+        "psi_p": [4.0, 8.0],
+        "taus": [10.0, "inf"],
+        "d": 10,
+        "sigma_x": 2.0,
+        "activation": "relu",
+        "threshold": 0.5,
+        "seed": 7,
+    }
+    # no flags: the configurations' defaults; the last of --simulate / --no-simulate wins
+    for cmd, cls in (("spectrum", SpectrumConfig), ("dynamics", DynamicsConfig), ("phase", PhaseConfig)):
+        assert _dry_run(capsys, [cmd]) == config_dict(cls())
+    assert _dry_run(capsys, ["spectrum", "--simulate", "--no-simulate"])["simulate"] is False
+    assert _dry_run(capsys, ["dynamics", "--gd", "--no-gd"])["gd"] is False
+
+
+def test_configuration_defaults_and_help():
+    from diffmem.cliutils import field_docs
+    from diffmem.theory.run import DynamicsConfig, PhaseConfig, SpectrumConfig
+
+    # the phase grids are written out as literals (no numpy import when the command line is built)
+    assert PhaseConfig().psi_n == tuple(float(x) for x in np.geomspace(1, 128, 15))
+    assert PhaseConfig().psi_p == tuple(float(x) for x in np.geomspace(2, 64, 11))
+    for cls in (SpectrumConfig, DynamicsConfig, PhaseConfig):
+        docs = field_docs(cls)
+        missing = [f.name for f in dataclasses.fields(cls) if not docs.get(f.name)]
+        assert not missing, (cls.__name__, missing)
+
+
+@pytest.mark.parametrize("module", ["constants", "spectrum", "phase", "run"])
+def test_docstring_examples(module):
+    mod = importlib.import_module(f"diffmem.theory.{module}")
+    res = doctest.testmod(mod, optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert res.attempted > 0 and res.failed == 0, res

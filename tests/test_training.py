@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from diffmem import io as dio
-from diffmem.models import ResidualMLP, mlp_param_count
 from diffmem.dynamics.training import TrainConfig, checkpoint_steps, list_checkpoints, load_checkpoint, train
+from diffmem.models import ResidualMLP, mlp_param_count
 
 
 @pytest.mark.parametrize("d,w", [(8, 128), (64, 256), (3, 7)])
@@ -115,7 +115,7 @@ def test_kill_9_resumes_exactly(tmp_path):
 
 def test_folder_with_another_configuration_is_refused(tmp_path, tiny_train_kwargs):
     train(TrainConfig(**tiny_train_kwargs), tmp_path / "r")
-    with pytest.raises(ValueError, match="another configuration.*width"):
+    with pytest.raises(ValueError, match=r"another configuration.*width"):
         train(TrainConfig(**{**tiny_train_kwargs, "width": 48}), tmp_path / "r")
     # the existing run is untouched
     assert json.loads((tmp_path / "r" / "config.json").read_text())["width"] == tiny_train_kwargs["width"]
@@ -127,7 +127,7 @@ def test_corrupt_or_missing_checkpoints_give_clear_errors(tmp_path, tiny_train_k
     (run / "state.safetensors").write_bytes(b"\x00" * 10)
     with pytest.raises(ValueError, match="not a readable safetensors file"):
         train(cfg, run)
-    step, path = list_checkpoints(run)[-1]
+    _, path = list_checkpoints(run)[-1]
     path.write_bytes(b"{}garbage")
     with pytest.raises(ValueError, match="not a readable safetensors"):
         load_checkpoint(path, cfg, (1, 8, 8))
@@ -162,7 +162,7 @@ def test_resolve_device_names_and_errors(monkeypatch):
         resolve_device("meta")
     # without a GPU, asking for one is an error that says what to do, never a silent CPU run
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    with pytest.raises(ValueError, match="sees no CUDA GPU.*--device cpu"):
+    with pytest.raises(ValueError, match=r"sees no CUDA GPU.*--device cpu"):
         resolve_device("cuda")
     mps = getattr(torch.backends, "mps", None)
     if mps is not None:

@@ -6,11 +6,11 @@ import pytest
 import torch
 
 from diffmem import cli
+from diffmem.dynamics.training import TrainConfig, list_checkpoints, load_checkpoint
 from diffmem.metrics.losses import eps_loss
 from diffmem.models import build, sinusoidal
 from diffmem.models.unet import UNet, _Attention, unet_param_count
 from diffmem.schedule import linear
-from diffmem.dynamics.training import TrainConfig, list_checkpoints, load_checkpoint
 
 PAPER_P = {8: 0.26e6, 16: 1.03e6, 32: 4.06e6, 48: 9.09e6, 64: 16.1e6}  # SCIENCE.md section 2 (paper)
 

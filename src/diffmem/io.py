@@ -9,13 +9,11 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
-
-import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -155,7 +153,8 @@ def load_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, s
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
-            return {k: f.get_tensor(k) for k in f.keys()}, meta
+            names = list(f.keys())  # safe_open has keys() but no __iter__
+            return {k: f.get_tensor(k) for k in names}, meta
     except Exception as e:  # safetensors raises SafetensorError / OSError on corrupt headers
         raise ValueError(
             f"{path} is not a readable safetensors file ({e}); delete it to resume from an earlier one"
@@ -167,7 +166,6 @@ def save_npz(path: str | Path, **arrays: Any) -> None:
     import io
 
     buf = io.BytesIO()
-    np.savez_compressed(
-        buf, **{k: np.asarray(v.detach().cpu() if hasattr(v, "detach") else v) for k, v in arrays.items()}
-    )
+    plain: dict[str, Any] = {k: np.asarray(v.detach().cpu() if hasattr(v, "detach") else v) for k, v in arrays.items()}
+    np.savez_compressed(buf, **plain)
     atomic_write_bytes(path, buf.getvalue())

@@ -21,9 +21,9 @@ from .schedule import Schedule
 __all__ = [
     "Denoiser",
     "Step",
+    "cfg_mix",
     "ddim",
     "ddpm",
-    "cfg_mix",
     "guided",
     "predict_x0",
     "randn_per_sample",
@@ -65,8 +65,8 @@ def timesteps(schedule: Schedule, steps: int, spacing: str = "leading") -> list[
         ratio = T // steps
         ks = [i * ratio for i in range(steps)]
     elif spacing == "trailing":
-        ratio = T / steps
-        ks = [int(round(T - i * ratio)) - 1 for i in range(steps)][::-1]
+        step_size = T / steps
+        ks = [round(T - i * step_size) - 1 for i in range(steps)][::-1]
     elif spacing == "linspace":
         ks = torch.linspace(0, T - 1, steps, dtype=torch.float64).round().long().tolist()
     else:

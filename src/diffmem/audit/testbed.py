@@ -48,7 +48,7 @@ from .. import io
 from ..config import claim_folder, to_dict
 from ..metrics.losses import eps_loss
 from ..models import ResidualMLP
-from ..schedule import Schedule, scaled_linear
+from ..schedule import Schedule
 from ..state import restore_training_state, training_state
 from .protocol import PromptSpec
 
@@ -138,6 +138,9 @@ class TestbedConfig:
             raise ValueError(f"lr and scale must be positive, got {self.lr}, {self.scale}")
 
     def schedule(self) -> Schedule:
+        """Stable Diffusion's scaled_linear schedule with this configuration's ``T`` and betas."""
+        from ..schedule import scaled_linear
+
         return scaled_linear(self.T, self.beta_start, self.beta_end)
 
 
@@ -316,6 +319,31 @@ def build_testbed(
     Files: ``testbed.json`` (the configuration), ``state.safetensors`` (training state for resume),
     ``weights.safetensors`` (the final network), ``captions.json`` (captions, labels, image indices).
     Training is single-threaded and deterministic given ``seed``.
+
+    Parameters
+    ----------
+    out_dir : str or Path
+        Folder of the testbed (created; a folder holding another configuration is refused).
+    seed : int
+        Seed of the captions, the initialisation and the training draws.
+    progress : bool
+        Show a progress bar while training.
+    config : TestbedConfig, optional
+        How to build it (default ``TestbedConfig()``; its ``seed`` is replaced by ``seed``).
+
+    Returns
+    -------
+    model : TestbedModel
+        The trained caption-conditional model (a guided eps-prediction model on (1, 8, 8) latents).
+    specs : list of PromptSpec
+        One per caption: the prompt, its reference training image (1, 8, 8) in [0, 1], its label
+        ("memorized", "partial" or "normal") and a key.
+
+    Examples
+    --------
+    >>> from diffmem.audit import AuditConfig, build_testbed, run_audit
+    >>> model, specs = build_testbed("runs/audit/testbed")  # doctest: +SKIP
+    >>> res = run_audit(model, specs, AuditConfig(), "runs/audit")  # doctest: +SKIP
     """
     import dataclasses
 

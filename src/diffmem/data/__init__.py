@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import torch
@@ -139,11 +138,11 @@ def _load_image(p: Path, size: int, grayscale: bool) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(p) as im:
-            im = im.convert("L" if grayscale else "RGB")
+        with Image.open(p) as f:
+            im = f.convert("L" if grayscale else "RGB")
             w, h = im.size
             s = size / min(w, h)  # resize the shorter side to `size`, then centre-crop
-            im = im.resize((max(size, round(w * s)), max(size, round(h * s))), Image.BICUBIC)
+            im = im.resize((max(size, round(w * s)), max(size, round(h * s))), Image.Resampling.BICUBIC)
             w, h = im.size
             left, top = (w - size) // 2, (h - size) // 2
             im = im.crop((left, top, left + size, top + size))

@@ -24,7 +24,7 @@ def dynamics_figures(results: dict, folder: str | Path) -> dict[str, Path]:
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for r, c in zip(runs, cols):
-        s = [p["step"] for p in r["curve"]]
+        s = np.array([p["step"] for p in r["curve"]], dtype=float)
         axes[0].plot(s, [p["quality"] for p in r["curve"]], "-o", ms=3, color=c, label=f"n={r['n']}")
         lo = [p["f_mem_ci"][0] for p in r["curve"]]
         hi = [p["f_mem_ci"][1] for p in r["curve"]]

@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
+from typing import Any
 
 import numpy as np
 
@@ -101,7 +102,7 @@ def tau_gen(
     target = q_best + rules.gen_fraction * (float(q[0]) - q_best)
     if q[0] <= target:
         return float(s[0])
-    j = _first_crossing(q, lambda v: v <= target, 0)
+    j = _first_crossing(q.tolist(), lambda v: v <= target, 0)
     return _log_crossing(s[j - 1], s[j], q[j - 1], q[j], target) if j else None
 
 
@@ -248,7 +249,7 @@ class RunTimes:
     """The run's training budget in steps (set by the study)."""
 
     def to_dict(self) -> dict:
-        out = {
+        out: dict[str, Any] = {
             "n": self.n,
             "tau_gen": self.tau_gen,
             "tau_mem": self.tau_mem,

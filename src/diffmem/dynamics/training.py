@@ -144,6 +144,8 @@ def build_model(cfg: TrainConfig, shape) -> nn.Module:
 
 def _optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
     params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.lr is None:
+        raise ValueError("the configuration is not resolved (lr is None); call cfg.resolved() first")
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum)
     return torch.optim.Adam(params, lr=cfg.lr)
@@ -213,7 +215,8 @@ def _loop(cfg, run_dir, model, opt, gen, sp, start, progress) -> None:
     ab = cfg.schedule().alphas_cumprod.to(torch.float32)
     state_path = run_dir / "state.safetensors"
     grid = set(checkpoint_steps(cfg.steps, cfg.checkpoints, cfg.first_checkpoint))
-    x_train, n, b = sp.train.to(dev), sp.train.shape[0], int(cfg.batch_size)  # type: ignore[arg-type]
+    x_train, n = sp.train.to(dev), sp.train.shape[0]
+    b = int(cfg.batch_size or n)
     log_path = run_dir / "train_log.jsonl"
     running, t0 = 0.0, time.time()
     for step in range(start + 1, cfg.steps + 1):

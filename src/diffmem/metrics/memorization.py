@@ -151,4 +151,6 @@ class MemorizationFraction:
         """f_mem, its bootstrap interval, and every sample's ratio and nearest training index."""
         if not self._ratios:
             raise ValueError("no samples: call update() first")
-        return _result(np.concatenate(self._ratios), np.concatenate(self._nearest), self.k, self.n_boot, 0.95, self.seed)
+        return _result(
+            np.concatenate(self._ratios), np.concatenate(self._nearest), self.k, self.n_boot, 0.95, self.seed
+        )

@@ -67,7 +67,7 @@ class ResidualMLP(nn.Module):
         e = sinusoidal(t.reshape(-1).expand(b) if t.numel() == 1 else t, self.width).to(x.dtype)
         if self.cond is not None:
             if cond is None:
-                cond = torch.full((b,), self.num_classes, dtype=torch.long, device=x.device)
+                cond = torch.full((b,), int(self.num_classes or 0), dtype=torch.long, device=x.device)
             e = e + self.cond(cond)
         elif cond is not None:
             raise ValueError("this model is unconditional; build it with num_classes to pass a condition")

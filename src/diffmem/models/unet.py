@@ -141,7 +141,8 @@ class UNet(nn.Module):
         attn = tuple(bool(a) for a in attention)
         if width < GROUPS or width % GROUPS:
             raise ValueError(
-                f"width must be a positive multiple of {GROUPS} (GroupNorm with {GROUPS} groups), got {width}; try {max(GROUPS, width - width % GROUPS)}"
+                f"width must be a positive multiple of {GROUPS} (GroupNorm with {GROUPS} groups), got {width}; "
+                f"try {max(GROUPS, width - width % GROUPS)}"
             )
         if in_channels < 1:
             raise ValueError(f"in_channels must be >= 1, got {in_channels}")
@@ -197,7 +198,8 @@ class UNet(nn.Module):
         t = t.to(torch.float64)
         if not bool(((t >= 0) & (t < self.T)).all()):
             raise ValueError(
-                f"t must hold diffusion step indices in [0, {self.T}), got values in [{float(t.min())}, {float(t.max())}]"
+                f"t must hold diffusion step indices in [0, {self.T}), "
+                f"got values in [{float(t.min())}, {float(t.max())}]"
             )
         lo = t.floor().clamp(max=self.T - 1)
         hi = (lo + 1).clamp(max=self.T - 1)

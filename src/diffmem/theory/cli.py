@@ -4,13 +4,14 @@ Each command's options are the fields of its configuration dataclass (:class:`~d
 :class:`~diffmem.theory.run.DynamicsConfig`, :class:`~diffmem.theory.run.PhaseConfig`), built by
 :func:`diffmem.cliutils.add_config_flags`; the help text of a flag is its field's docstring.
 
-Module-level imports are light (argparse, json, dataclasses); numpy/scipy/matplotlib load inside the commands.
-(:mod:`diffmem.theory.run` imports numpy, so it is imported only when a theory command runs or prints help.)
+Imports are light: :mod:`diffmem.theory.run` (the configurations) imports numpy, scipy and matplotlib only
+inside its jobs, so building the parser of ``diffmem --help`` loads none of them.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -140,7 +141,8 @@ def _command(
 ) -> argparse.ArgumentParser:
     """One ``theory`` subcommand: the common flags, then one flag per field of ``cls`` (the seed is common)."""
     p = tsub.add_parser(name, help=summary, description=summary)
-    add_common(p, _OUT, seed_help=f"{field_docs(cls)['seed']} (default: 0)", quiet=quiet)
+    seed = {f.name: f.default for f in dataclasses.fields(cls)}["seed"]
+    add_common(p, _OUT, seed_help=f"{field_docs(cls)['seed']} (default: {seed})", quiet=quiet)
     p.add_argument("--plot", action="store_true", help="also write PNG figures into OUT/figures/")
     add_config_flags(p, cls, skip=("seed",))
     p.set_defaults(func=func)

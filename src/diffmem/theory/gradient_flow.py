@@ -332,8 +332,9 @@ def first_bulk_edge(spectrum) -> float | None:
 
 def fit_power_law(x: ArrayLike, y: ArrayLike) -> dict:
     """Least-squares slope of log y against log x: exponent, prefactor, r2."""
-    lx = np.log(np.asarray(x, dtype=np.float64))
-    ly = np.log(np.asarray(y, dtype=np.float64))
+    with np.errstate(divide="ignore", invalid="ignore"):  # log of 0 or < 0 is rejected just below
+        lx = np.log(np.asarray(x, dtype=np.float64))
+        ly = np.log(np.asarray(y, dtype=np.float64))
     if lx.size < 2 or not (np.all(np.isfinite(lx)) and np.all(np.isfinite(ly))):
         raise ValueError("need at least two positive, finite points to fit a power law")
     A = np.vstack([lx, np.ones_like(lx)]).T
