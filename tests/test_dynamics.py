@@ -93,3 +93,45 @@ def test_analyze_end_to_end_on_planted_runs():
 def test_bad_rules():
     with pytest.raises(ValueError, match="mem_threshold"):
         TimeRules(mem_threshold=0).validate()
+
+
+def _planted_runs(alpha, sizes=(32, 64, 128, 256), subsets=2, samples=400, seed=0):
+    """Sample i of a run memorizes from its own onset time 60 n^alpha u_i on (u_i log-normal):
+    f_mem(tau) is then a function of tau / n^alpha exactly, up to sampling noise."""
+    from diffmem.dynamics.timescales import RunSamples
+
+    rng = np.random.default_rng(seed)
+    runs = []
+    for n in sizes:
+        for sub in range(subsets):
+            steps = np.unique(np.geomspace(10, 600 * 256, 40).round())
+            onset = 60 * n**alpha * np.exp(rng.normal(0.5, 0.8, samples))
+            ratios = np.where(steps[:, None] >= onset[None, :], 0.1, 0.9)
+            runs.append(RunSamples(n, sub, steps, ratios))
+    return runs
+
+
+def test_collapse_exponent_recovers_planted_scaling_and_can_fail():
+    from diffmem.dynamics.timescales import collapse_fit
+
+    lin = collapse_fit(_planted_runs(1.0), n_boot=200)
+    assert lin.alpha == pytest.approx(1.0, abs=0.05)
+    assert lin.alpha_ci[0] < 1.0 < lin.alpha_ci[1] and lin.levels_used >= 4
+    sq = collapse_fit(_planted_runs(0.5), n_boot=200)
+    assert sq.alpha == pytest.approx(0.5, abs=0.05)
+    assert sq.alpha_ci[1] < 1.0  # tau ~ n^0.5 does not pass as tau ~ n
+    assert sq.alpha_ci[0] < 0.5 < sq.alpha_ci[1]
+
+
+def test_level_times_and_alpha_need_a_matched_range():
+    from diffmem.dynamics.timescales import alpha_from_level_times, level_times
+
+    steps = [10, 100, 1000]
+    assert level_times(steps, [0.0, 0.1, 0.3], [0.1, 0.2, 0.5]) == [
+        pytest.approx(100.0),
+        pytest.approx(math.exp(math.log(100) + 0.5 * math.log(10))),
+        None,
+    ]
+    # the run that never reaches a level removes that level for every run; no level at all -> no alpha
+    assert alpha_from_level_times([10, 20], [[None, 5.0], [3.0, 10.0]]) == (pytest.approx(1.0), 1)
+    assert alpha_from_level_times([10, 20], [[None], [3.0]]) == (None, 0)

@@ -18,7 +18,26 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["restore_training_state", "training_state"]
+__all__ = ["load_optimizer_tensors", "optimizer_tensors", "restore_training_state", "training_state"]
+
+
+def optimizer_tensors(opt: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+    """The optimizer's per-parameter state as ``optim.I.KEY`` tensors (I: the parameter's index)."""
+    out = {}
+    for i, st in opt.state_dict()["state"].items():
+        for key, val in st.items():
+            out[f"optim.{i}.{key}"] = val if isinstance(val, torch.Tensor) else torch.tensor(val)
+    return out
+
+
+def load_optimizer_tensors(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]) -> None:
+    """Load what :func:`optimizer_tensors` saved (hyper-parameters stay as configured)."""
+    state: dict[int, dict] = {}
+    for k, v in tensors.items():
+        if k.startswith("optim."):
+            _, i, key = k.split(".", 2)
+            state.setdefault(int(i), {})[key] = v
+    opt.load_state_dict({"state": state, "param_groups": opt.state_dict()["param_groups"]})
 
 
 def training_state(
@@ -42,9 +61,7 @@ def training_state(
         Also save torch's global CPU (and, if initialised, CUDA) generator state.
     """
     out = {f"model.{k}": v for k, v in model.state_dict().items()}
-    for i, st in opt.state_dict()["state"].items():
-        for key, val in st.items():
-            out[f"optim.{i}.{key}"] = val if isinstance(val, torch.Tensor) else torch.tensor(val)
+    out.update(optimizer_tensors(opt))
     out["rng.loop"] = gen.get_state()
     if global_rng:
         out["rng.torch"] = torch.get_rng_state()
@@ -60,12 +77,7 @@ def restore_training_state(
     """Load what :func:`training_state` saved into ``model``, ``opt`` and ``gen`` (and torch's global
     generators where they were saved); returns the step to continue after."""
     model.load_state_dict({k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")})
-    state: dict[int, dict] = {}
-    for k, v in tensors.items():
-        if k.startswith("optim."):
-            _, i, key = k.split(".", 2)
-            state.setdefault(int(i), {})[key] = v
-    opt.load_state_dict({"state": state, "param_groups": opt.state_dict()["param_groups"]})
+    load_optimizer_tensors(opt, tensors)
     gen.set_state(tensors["rng.loop"])
     if "rng.torch" in tensors:
         torch.set_rng_state(tensors["rng.torch"])

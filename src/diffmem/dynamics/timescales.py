@@ -19,7 +19,9 @@ The paper reads both times off its curves and gives no numeric rule. Ours (docs/
 
 from __future__ import annotations
 
+import functools
 import math
+import operator
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
@@ -29,13 +31,18 @@ import numpy as np
 __all__ = [
     "Analysis",
     "Collapse",
+    "CollapseFit",
+    "RunSamples",
     "RunTimes",
     "ScalingFit",
     "TimeRules",
+    "alpha_from_level_times",
     "analyze",
     "analyze_run",
     "collapse",
+    "collapse_fit",
     "fit_scaling",
+    "level_times",
     "tau_gen",
     "tau_mem",
     "tau_test_min",
@@ -336,3 +343,154 @@ def analyze(runs: Sequence[tuple[int, Sequence[dict]]], rules: TimeRules = TimeR
         collapse=collapse(out_runs),
         rules=rules,
     )
+
+
+# ------------------------------------------------------------------------------------------------
+# The collapse exponent: for which alpha do the f_mem curves coincide against tau / n^alpha?
+
+
+def level_times(
+    steps: Sequence[float], f: Sequence[float], levels: Sequence[float], persist: int = 1
+) -> list[float | None]:
+    """For each level, the first time f reaches it and stays there for ``persist`` more checkpoints,
+    interpolated linearly in log time (None where it never does)."""
+    out: list[float | None] = []
+    fl = [float(v) for v in f]
+    for level in levels:
+        j = _first_crossing(fl, functools.partial(operator.le, level), persist)
+        if j is None:
+            out.append(None)
+        elif j == 0:
+            out.append(float(steps[0]))
+        else:
+            out.append(_log_crossing(steps[j - 1], steps[j], fl[j - 1], fl[j], level))
+    return out
+
+
+def alpha_from_level_times(ns: Sequence[float], times: Sequence[Sequence[float | None]]) -> tuple[float | None, int]:
+    """The exponent alpha of ``t_level(n) = c_level * n^alpha`` with one intercept per level.
+
+    ``times[r][l]`` is the time at which run r (size ``ns[r]``) reaches level l. Only the levels
+    that every run reached enter (a matched range: no run is extrapolated). Least squares of
+    ``log t`` on ``log n`` after removing each level's mean. Returns ``(alpha, levels used)``;
+    alpha is None with fewer than two distinct sizes or no shared level.
+
+    Examples
+    --------
+    >>> alpha, used = alpha_from_level_times([10, 40], [[5.0, 50.0, None], [10.0, 100.0, 300.0]])
+    >>> round(alpha, 6), used
+    (0.5, 2)
+    """
+    levels = len(times[0]) if len(times) else 0
+    used = [j for j in range(levels) if all(t[j] is not None and float(t[j] or 0) > 0 for t in times)]
+    logn = np.log(np.asarray(ns, dtype=np.float64))
+    if not used or np.ptp(logn) == 0:
+        return None, len(used)
+    xs, ys = [], []
+    for j in used:
+        logt = np.log(np.array([float(t[j] or 0) for t in times]))
+        xs.append(logn - logn.mean())
+        ys.append(logt - logt.mean())
+    x, y = np.concatenate(xs), np.concatenate(ys)
+    return float((x * y).sum() / (x * x).sum()), len(used)
+
+
+@dataclass(frozen=True)
+class RunSamples:
+    """Per-sample outcomes of one run: the nearest/second-nearest ratio of every sample at every
+    checkpoint (sample i starts from the same noise at every checkpoint)."""
+
+    n: int
+    subset: int
+    steps: np.ndarray
+    """(C,) checkpoint steps, increasing."""
+    ratios: np.ndarray
+    """(C, S) distance ratios."""
+
+
+@dataclass(frozen=True)
+class CollapseFit:
+    """The collapse exponent: the curves f_mem(tau / n^alpha) coincide best at ``alpha``."""
+
+    alpha: float | None
+    """Least-squares exponent of the times at which f_mem reaches each shared level."""
+    alpha_ci: tuple[float | None, float | None]
+    """95% percentile bootstrap interval (samples resampled within runs, subsets within sizes)."""
+    levels: tuple[float, ...]
+    """The f_mem levels tried."""
+    levels_used: int
+    """How many of them every run reached (the matched range)."""
+    n_boot: int
+    """Bootstrap replicates that gave an exponent."""
+
+    def to_dict(self) -> dict:
+        return {
+            "alpha": self.alpha,
+            "alpha_ci": list(self.alpha_ci),
+            "levels": list(self.levels),
+            "levels_used": self.levels_used,
+            "n_boot": self.n_boot,
+        }
+
+
+def collapse_fit(
+    runs: Sequence[RunSamples],
+    k: float = 1 / 3,
+    levels: Sequence[float] = (0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5),
+    *,
+    persist: int = 1,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> CollapseFit:
+    """Estimate alpha such that f_mem(tau / n^alpha) coincide, with a bootstrap interval.
+
+    Each run's f_mem curve (samples with ratio < ``k``) is reduced to the times at which it reaches
+    fixed ``levels``; alpha is the common slope of log time against log n over the levels that every
+    run reached (:func:`alpha_from_level_times`). Nothing is normalised by a run's own end point, so
+    curves that do not scale as n^alpha give another alpha. The interval resamples the samples of
+    every run (the same resampled samples at every checkpoint) and, where a size has several
+    subsets, the subsets of that size.
+
+    Parameters
+    ----------
+    runs : sequence of RunSamples
+        At least two distinct sizes.
+    k : float
+        Ratio threshold of the memorization test.
+    levels : sequence of float
+        f_mem levels, fixed before measuring.
+    persist, n_boot, seed
+        Checkpoints a crossing must hold for; bootstrap replicates; its seed.
+
+    Returns
+    -------
+    CollapseFit
+    """
+    levels = tuple(float(v) for v in levels)
+    mems = [(np.asarray(r.ratios) < k).astype(np.float64) for r in runs]
+    ns = [r.n for r in runs]
+
+    def alpha_of(indices: Sequence[int], cols: Sequence[Any]) -> tuple[float | None, int]:
+        times = []
+        for i, c in zip(indices, cols):
+            f = mems[i].mean(1) if c is None else mems[i][:, c].mean(1)
+            times.append(level_times(runs[i].steps.tolist(), f.tolist(), levels, persist))
+        return alpha_from_level_times([ns[i] for i in indices], times)
+
+    alpha, used = alpha_of(range(len(runs)), [None] * len(runs))
+    rng = np.random.default_rng(seed)
+    by_size: dict[int, list[int]] = {}
+    for i, r in enumerate(runs):
+        by_size.setdefault(r.n, []).append(i)
+    boots = []
+    for _ in range(n_boot):
+        chosen = [int(g[j]) for g in by_size.values() for j in rng.integers(0, len(g), len(g))]
+        cols = [rng.integers(0, mems[i].shape[1], mems[i].shape[1]) for i in chosen]
+        a, _ = alpha_of(chosen, cols)
+        if a is not None:
+            boots.append(a)
+    ci: tuple[float | None, float | None] = (None, None)
+    if len(boots) >= max(10, n_boot // 2):
+        lo, hi = np.quantile(boots, [0.025, 0.975])
+        ci = (float(lo), float(hi))
+    return CollapseFit(alpha, ci, levels, used, len(boots))

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -142,8 +142,9 @@ def build_model(cfg: TrainConfig, shape) -> nn.Module:
         return models.build(cfg.model, shape, cfg.width)
 
 
-def _optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
+def make_optimizer(cfg: TrainConfig, params: Sequence[torch.Tensor]) -> torch.optim.Optimizer:
+    """The configured optimizer (Adam, or SGD with momentum) over ``params``."""
+    params = [p for p in params if p.requires_grad]
     if cfg.lr is None:
         raise ValueError("the configuration is not resolved (lr is None); call cfg.resolved() first")
     if cfg.optimizer == "sgd":
@@ -193,7 +194,7 @@ def train(
     claim_folder(run_dir, cfg)
     (run_dir / "checkpoints").mkdir(exist_ok=True)
     model = build_model(cfg, sp.shape).to(dev).train()
-    opt = _optimizer(cfg, model)
+    opt = make_optimizer(cfg, list(model.parameters()))
     gen = torch.Generator().manual_seed(cfg.seed + 1)
     state_path = run_dir / "state.safetensors"
     # torch's global RNG (dropout) is seeded here and saved/restored with the state, inside fork_rng

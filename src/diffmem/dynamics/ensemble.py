@@ -1,0 +1,194 @@
+"""Train several runs of the same architecture as one vectorized ensemble.
+
+The K members (for example the disjoint training subsets of one size) have their weights stacked
+(``torch.func.stack_module_state``) and run through one batched forward and backward per step
+(``torch.func.vmap`` over ``functional_call``), so the per-step overhead of a small model is paid
+once instead of K times. Adam and SGD update every element independently, so one optimizer over the
+stacked weights is exactly K independent optimizers: the members do not interact.
+
+Each member draws its batches, steps and noise from its own generator seeded as a single run
+(``seed + 1``), in the same order, and writes the same run folder as :func:`~diffmem.dynamics.training.train`
+(``config.json``, ``checkpoints/``, ``train_log.jsonl``), so every later stage reads a member's
+folder as any other run. Only the resume state differs: the whole ensemble is saved as one file,
+``GROUP/state.safetensors`` (member k's tensors under ``mK.``), written atomically, so a killed
+ensemble resumes with every member at the same step. The results agree with training the members
+one by one up to floating-point rounding of the batched kernels (tested).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+
+from .. import io
+from ..config import claim_folder, resolve_device
+from ..state import load_optimizer_tensors, optimizer_tensors
+from .training import TrainConfig, build_model, checkpoint_steps, load_split, make_optimizer
+
+__all__ = ["train_ensemble"]
+
+_SHARED = ("model", "width", "optimizer", "lr", "momentum", "batch_size", "steps", "checkpoints", "first_checkpoint")
+
+
+def _check_members(cfgs: Sequence[TrainConfig]) -> None:
+    if not cfgs:
+        raise ValueError("an ensemble needs at least one member")
+    first = cfgs[0]
+    for c in cfgs[1:]:
+        diff = [
+            f for f in (*_SHARED, "T", "beta_start", "beta_end", "data", "scale") if getattr(c, f) != getattr(first, f)
+        ]
+        if diff:
+            raise ValueError(f"ensemble members must share {', '.join(diff)}; train them as separate runs instead")
+    if first.model != "mlp":
+        raise ValueError("ensembles are built for the MLP (model='mlp'); train U-Nets as separate runs")
+
+
+def train_ensemble(
+    cfgs: Sequence[TrainConfig],
+    run_dirs: Sequence[str | Path],
+    group_dir: str | Path,
+    *,
+    progress: Callable[[int, int], None] | None = None,
+    device: str | None = None,
+) -> list[Path]:
+    """Train (or resume) K runs of the same architecture at once; returns their folders.
+
+    Parameters
+    ----------
+    cfgs : sequence of TrainConfig
+        The members. They must share the model, width, optimizer and its settings, batch size, step
+        count and checkpoint grid; they may differ in ``n`` only when the batch size is fixed
+        (``batch_size`` set), and in ``subset_index``, ``split_seed`` and ``seed``.
+    run_dirs : sequence of path
+        One run folder per member (the layout of :func:`~diffmem.dynamics.training.train`).
+    group_dir : path
+        Folder of the ensemble's resume state.
+    progress : callable, optional
+        ``progress(step, total)`` every ``log_every`` steps.
+    device : str, optional
+        Where to train (default CPU).
+
+    Returns
+    -------
+    list of Path
+        The run folders.
+    """
+    from torch.func import functional_call, stack_module_state, vmap
+
+    cfgs = [c.resolved() for c in cfgs]
+    if len(run_dirs) != len(cfgs):
+        raise ValueError(f"got {len(cfgs)} configurations but {len(run_dirs)} run folders")
+    _check_members(cfgs)
+    if len({c.n for c in cfgs}) > 1 and any(c.batch_size == c.n for c in cfgs):
+        raise ValueError("members of different n need a fixed batch size (set batch_size below the smallest n)")
+    dev = resolve_device(device)
+    dirs = [Path(d) for d in run_dirs]
+    group = Path(group_dir)
+    splits = [load_split(c) for c in cfgs]
+    for c, d in zip(cfgs, dirs):
+        claim_folder(d, c)
+        (d / "checkpoints").mkdir(exist_ok=True)
+    models = [build_model(c, s.shape).to(dev).train() for c, s in zip(cfgs, splits)]
+    params, buffers = stack_module_state(models)
+    base = copy.deepcopy(models[0]).to("meta")
+
+    def forward(p: dict, b: dict, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return functional_call(base, (p, b), (x, t))
+
+    batched = vmap(forward)
+    stacked = torch.nn.ParameterDict({k.replace(".", "__"): torch.nn.Parameter(v) for k, v in params.items()})
+    opt = make_optimizer(cfgs[0], list(stacked.values()))
+    gens = [torch.Generator().manual_seed(c.seed + 1) for c in cfgs]
+    state_path = group / "state.safetensors"
+    start = 0
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfgs[0].seed + 2)
+        if state_path.exists():
+            start = _restore_state(io.load_tensors(state_path)[0], state_path, stacked, opt, gens)
+        _loop(cfgs, dirs, group, batched, stacked, buffers, opt, gens, splits, start, progress)
+    return dirs
+
+
+def _restore_state(tensors: dict[str, torch.Tensor], path: Path, stacked, opt, gens) -> int:
+    if sorted(k for k in tensors if k.startswith("params.")) != sorted(f"params.{k}" for k in stacked):
+        raise ValueError(f"{path} holds another ensemble's state; use a new --out folder or delete it to start over")
+    if any(f"rng.{i}" not in tensors for i in range(len(gens))) or f"rng.{len(gens)}" in tensors:
+        raise ValueError(f"{path} holds an ensemble of another size; use a new --out folder or delete it")
+    with torch.no_grad():
+        for name, v in stacked.items():
+            v.copy_(tensors[f"params.{name}"])
+    load_optimizer_tensors(opt, tensors)
+    for i, g in enumerate(gens):
+        g.set_state(tensors[f"rng.{i}"])
+    torch.set_rng_state(tensors["rng.torch"])
+    return int(tensors["step"])
+
+
+def _member_tensors(stacked: torch.nn.ParameterDict, i: int) -> dict[str, torch.Tensor]:
+    return {k.replace("__", "."): v.detach()[i] for k, v in stacked.items()}
+
+
+def _loop(cfgs, dirs, group, batched, stacked, buffers, opt, gens, splits, start, progress) -> None:
+    cfg = cfgs[0]
+    dev = next(iter(stacked.values())).device
+    ab = cfg.schedule().alphas_cumprod.to(torch.float32)
+    grid = set(checkpoint_steps(cfg.steps, cfg.checkpoints, cfg.first_checkpoint))
+    xs = [s.train.to(dev) for s in splits]
+    K = len(cfgs)
+    running = [0.0] * K
+    t0 = time.time()
+    names = list(stacked.keys())
+    for step in range(start + 1, cfg.steps + 1):
+        x0s, ks, epss = [], [], []
+        for x, c, g in zip(xs, cfgs, gens):
+            n, b = x.shape[0], int(c.batch_size or x.shape[0])
+            x0s.append(x if b == n else x[torch.randperm(n, generator=g)[:b].to(dev)])
+            ks.append(torch.randint(1, c.T, (b,), generator=g))
+            epss.append(torch.randn(x0s[-1].shape, generator=g).to(dev))
+        x0, k, eps = torch.stack(x0s), torch.stack(ks), torch.stack(epss)
+        a = ab[k].to(dev).reshape(*k.shape, *([1] * (x0.ndim - 2)))
+        xk = a.sqrt() * x0 + (1.0 - a).sqrt() * eps
+        params = {name.replace("__", "."): stacked[name] for name in names}
+        pred = batched(params, buffers, xk, k.to(dev, torch.float32))
+        per_member = ((pred - eps) ** 2).flatten(1).mean(1)
+        opt.zero_grad(set_to_none=True)
+        per_member.sum().backward()
+        opt.step()
+        losses = per_member.detach().tolist()
+        for i in range(K):
+            running[i] += losses[i]
+        if not all(math.isfinite(v) for v in running):
+            raise FloatingPointError(f"ensemble training diverged at step {step} (loss is not finite); lower --lr")
+        if step in grid:
+            for i, d in enumerate(dirs):
+                io.save_tensors(
+                    d / "checkpoints" / f"step_{step:07d}.safetensors", _member_tensors(stacked, i), {"step": str(step)}
+                )
+        if step in grid or step % cfg.resume_every == 0 or step == cfg.steps:
+            _save_state(group, step, stacked, opt, gens)
+        if step % cfg.log_every == 0:
+            for i, d in enumerate(dirs):
+                io.append_jsonl(
+                    d / "train_log.jsonl", {"step": step, "loss": running[i] / cfg.log_every, "time": time.time() - t0}
+                )
+            running = [0.0] * K
+            if progress is not None:
+                progress(step, cfg.steps)
+
+
+def _save_state(group: Path, step: int, stacked, opt, gens) -> None:
+    out: dict[str, torch.Tensor] = {}
+    for name, v in stacked.items():
+        out[f"params.{name}"] = v.detach()
+    out.update(optimizer_tensors(opt))
+    for i, g in enumerate(gens):
+        out[f"rng.{i}"] = g.get_state()
+    out["rng.torch"] = torch.get_rng_state()
+    out["step"] = torch.tensor(step, dtype=torch.int64)
+    io.save_tensors(group / "state.safetensors", out)
