@@ -83,8 +83,8 @@ def _default(f: dataclasses.Field) -> Any:
 
 def _show(v: Any) -> str:
     if isinstance(v, tuple):
-        return " ".join(map(str, v)) if v else "(none)"
-    return str(v)
+        return " ".join(map(_show, v)) if v else "(none)"
+    return f"{v:.6g}" if isinstance(v, float) else str(v)
 
 
 def add_config_flags(
