@@ -37,15 +37,15 @@ def test_interrupted_ensemble_resumes_bit_identically(tmp_path):
     straight = [tmp_path / "s0", tmp_path / "s1"]
     train_ensemble(cfgs, straight, tmp_path / "gs")
 
-    class Stop(Exception):
+    class StopTrainingError(Exception):
         pass
 
     def stop_at_20(step, total):
         if step == 20:
-            raise Stop
+            raise StopTrainingError
 
     resumed = [tmp_path / "r0", tmp_path / "r1"]
-    with pytest.raises(Stop):
+    with pytest.raises(StopTrainingError):
         train_ensemble(cfgs, resumed, tmp_path / "gr", progress=stop_at_20)
     assert int(dio.load_tensors(tmp_path / "gr" / "state.safetensors")[0]["step"]) == 20
     train_ensemble(cfgs, resumed, tmp_path / "gr")

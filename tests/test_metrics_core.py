@@ -75,5 +75,8 @@ def test_loss_at_time_exact_and_null_denoisers():
         return x / (1 - ab[t.long()]).sqrt().to(x.dtype).reshape(-1, 1, 1, 1)
 
     assert loss_at_time(exact, x0, s, 0.01, 5) < 1e-10
-    null = lambda x, t: torch.zeros_like(x)  # noqa: E731
+
+    def null(x, t):
+        return torch.zeros_like(x)
+
     assert loss_at_time(null, x0, s, 0.01, 20) == pytest.approx(1.0, abs=0.03)  # E|eps|^2 / d = 1

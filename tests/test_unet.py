@@ -12,7 +12,7 @@ from diffmem.models import build, sinusoidal
 from diffmem.models.unet import UNet, _Attention, unet_param_count
 from diffmem.schedule import linear
 
-PAPER_P = {8: 0.26e6, 16: 1.03e6, 32: 4.06e6, 48: 9.09e6, 64: 16.1e6}  # SCIENCE.md section 2 (paper)
+PAPER_P = {8: 0.26e6, 16: 1.03e6, 32: 4.06e6, 48: 9.09e6, 64: 16.1e6}  # Bonnaire et al. (2025): published counts
 
 
 @pytest.mark.parametrize("width", sorted(PAPER_P))

@@ -219,7 +219,10 @@ def split(
     test_idx, pool_idx = perm[:n_test], perm[n_test:]
     train_idx = pool_idx[subset_index * n : (subset_index + 1) * n]
     mean = images.pixels[pool_idx].mean(0)
-    to_model = lambda x: (x - mean) * scale  # noqa: E731
+
+    def to_model(x: torch.Tensor) -> torch.Tensor:
+        return (x - mean) * scale
+
     return Split(
         train=to_model(images.pixels[train_idx]),
         test=to_model(images.pixels[test_idx]),

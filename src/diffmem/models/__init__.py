@@ -7,9 +7,9 @@ from collections.abc import Sequence
 from torch import nn
 
 from .mlp import ResidualMLP, mlp_param_count, sinusoidal
-from .unet import UNet, unet_param_count  # noqa: F401
+from .unet import UNet, unet_param_count
 
-__all__ = ["MODELS", "ResidualMLP", "build", "mlp_param_count", "sinusoidal"]
+__all__ = ["MODELS", "ResidualMLP", "UNet", "build", "mlp_param_count", "sinusoidal", "unet_param_count"]
 
 MODELS = ("mlp", "unet")
 
