@@ -23,16 +23,18 @@ def _seed(args: argparse.Namespace) -> dict[str, Any]:
 
 def _study_config(args: argparse.Namespace) -> Any:
     from .evaluate import EvalConfig
-    from .study import StudyConfig
+    from .study import PRESETS, StudyConfig
     from .timescales import TimeRules
     from .training import TrainConfig
 
+    base = PRESETS[args.preset]
     cfg = config_from_flags(
         StudyConfig,
         args,
-        train=config_from_flags(TrainConfig, args, **_seed(args)),
-        eval=config_from_flags(EvalConfig, args, prefix="eval_", **_seed(args)),
-        rules=config_from_flags(TimeRules, args),
+        base=base,
+        train=config_from_flags(TrainConfig, args, base=base.train, **_seed(args)),
+        eval=config_from_flags(EvalConfig, args, prefix="eval_", base=base.eval, **_seed(args)),
+        rules=config_from_flags(TimeRules, args, base=base.rules),
     )
     cfg.validate()
     return cfg
@@ -60,10 +62,24 @@ def cmd_dynamics(args: argparse.Namespace) -> int:
         )
     else:
         print("\ntau_mem was reached for fewer than two sizes: no scaling fit (train longer: --steps-per-n)")
-    if res.tau_gen_spread is not None:
-        print(f"tau_gen max/min across sizes = {res.tau_gen_spread:.2f}")
-    if res.collapse.ratio is not None:
-        print(f"collapse: spread of f_mem/f_mem(max) against tau/n is {res.collapse.ratio:.2f}x its spread against tau")
+    gf = res.tau_gen_fit
+    if gf.exponent is not None:
+        lo, hi = gf.exponent_ci
+        ci_s = f"[{lo:.2f}, {hi:.2f}]" if lo is not None and hi is not None else "n/a"
+        print(f"tau_gen ~ n^{gf.exponent:.3f}  (95% CI {ci_s}); max/min across runs = {res.tau_gen_spread:.2f}")
+    cf = res.collapse_fit
+    if cf is not None and cf.alpha is not None:
+        lo, hi = cf.alpha_ci
+        ci_s = f"[{lo:.2f}, {hi:.2f}]" if lo is not None and hi is not None else "n/a"
+        print(
+            f"collapse: f_mem curves coincide against tau/n^alpha at alpha = {cf.alpha:.3f} (95% CI {ci_s}; "
+            f"{cf.levels_used} shared f_mem levels)"
+        )
+    elif cf is not None:
+        print("collapse: no f_mem level was reached by every run; no collapse exponent")
+    for b in res.by_k:
+        e = f"{b.fit.exponent:.3f}" if b.fit.exponent is not None else "n/a"
+        print(f"k = {b.k:.3g}: tau_mem ~ n^{e} ({sum(t is not None for t in b.tau_mem)}/{len(b.tau_mem)} runs reached)")
     out = Path(args.out)
     print(f"\nwrote {out / 'results.json'}, {out / 'report.html'} and figures/ in {res.elapsed_seconds or 0:.0f} s")
     return 0
@@ -187,7 +203,7 @@ def cmd_measure(args: argparse.Namespace) -> int:
 def register(sub: Any) -> None:
     """Add ``dynamics``, ``train``, ``sample`` and ``measure`` to an argparse ``subparsers`` object."""
     from .evaluate import EvalConfig
-    from .study import StudyConfig
+    from .study import PRESETS, StudyConfig
     from .timescales import TimeRules
     from .training import TrainConfig
 
@@ -196,7 +212,14 @@ def register(sub: Any) -> None:
     )
     add_common(p, "runs/dynamics", seed_help="random seed (training and evaluation)", device=True)
     p.add_argument("--workers", type=int, default=None, help="parallel processes (default: number of cores)")
-    add_config_flags(p, StudyConfig, title="study")
+    p.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        default="quick",
+        help="quick: the onset of memorization at 4 sizes (default); full: into the memorization regime, "
+        "2 subsets per size. Flags given override the preset's values",
+    )
+    add_config_flags(p, StudyConfig, title="study (defaults shown are the quick preset's)")
     add_config_flags(p, TrainConfig, skip=("n", "steps", "seed"), title="training (every size)")
     add_config_flags(p, EvalConfig, prefix="eval_", skip=("seed",), title="evaluation")
     add_config_flags(p, TimeRules, title="rules for tau_gen / tau_mem")

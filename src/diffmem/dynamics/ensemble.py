@@ -28,11 +28,22 @@ import torch
 from .. import io
 from ..config import claim_folder, resolve_device
 from ..state import load_optimizer_tensors, optimizer_tensors
-from .training import TrainConfig, build_model, checkpoint_steps, load_split, make_optimizer
+from .training import TrainConfig, build_model, checkpoint_steps, draw_batch, load_split, make_optimizer
 
 __all__ = ["train_ensemble"]
 
-_SHARED = ("model", "width", "optimizer", "lr", "momentum", "batch_size", "steps", "checkpoints", "first_checkpoint")
+_SHARED = (
+    "model",
+    "width",
+    "optimizer",
+    "lr",
+    "momentum",
+    "batch_size",
+    "batch_replacement",
+    "steps",
+    "checkpoints",
+    "first_checkpoint",
+)
 
 
 def _check_members(cfgs: Sequence[TrainConfig]) -> None:
@@ -85,8 +96,8 @@ def train_ensemble(
     if len(run_dirs) != len(cfgs):
         raise ValueError(f"got {len(cfgs)} configurations but {len(run_dirs)} run folders")
     _check_members(cfgs)
-    if len({c.n for c in cfgs}) > 1 and any(c.batch_size == c.n for c in cfgs):
-        raise ValueError("members of different n need a fixed batch size (set batch_size below the smallest n)")
+    if len({c.n for c in cfgs}) > 1 and not cfgs[0].batch_replacement and any(c.batch_size == c.n for c in cfgs):
+        raise ValueError("members of different n need one batch size (--batch-replacement, or below the smallest n)")
     dev = resolve_device(device)
     dirs = [Path(d) for d in run_dirs]
     group = Path(group_dir)
@@ -147,8 +158,8 @@ def _loop(cfgs, dirs, group, batched, stacked, buffers, opt, gens, splits, start
     for step in range(start + 1, cfg.steps + 1):
         x0s, ks, epss = [], [], []
         for x, c, g in zip(xs, cfgs, gens):
-            n, b = x.shape[0], int(c.batch_size or x.shape[0])
-            x0s.append(x if b == n else x[torch.randperm(n, generator=g)[:b].to(dev)])
+            b = int(c.batch_size or x.shape[0])
+            x0s.append(draw_batch(x, b, c.batch_replacement, g))
             ks.append(torch.randint(1, c.T, (b,), generator=g))
             epss.append(torch.randn(x0s[-1].shape, generator=g).to(dev))
         x0, k, eps = torch.stack(x0s), torch.stack(ks), torch.stack(epss)

@@ -8,26 +8,43 @@ back through a queue and shown as one tqdm bar per job.
 
 from __future__ import annotations
 
+import functools
 import multiprocessing as mp
 import os
 import queue as queue_mod
 import traceback
+from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
+from pathlib import Path
 
+from .ensemble import train_ensemble
 from .evaluate import EvalConfig, measure
-from .training import TrainConfig, train
+from .training import TrainConfig, list_checkpoints, train
 
 __all__ = ["Job", "default_workers", "run_job", "run_jobs"]
 
 
 @dataclass(frozen=True)
 class Job:
+    """Train then evaluate one run, or several runs of one architecture as a vectorized ensemble."""
+
     name: str
-    train: TrainConfig
+    """Shown on the progress bar and in error messages."""
+    train: tuple[TrainConfig, ...]
+    """One configuration per run (two or more are trained together by :func:`train_ensemble`)."""
     eval: EvalConfig
-    run_dir: str
-    device: str = "cpu"  # where the job trains and samples (not part of the run's configuration)
+    """How every checkpoint of every run is evaluated."""
+    run_dirs: tuple[str, ...]
+    """One run folder per configuration."""
+    device: str = "cpu"
+    """Where the job trains and samples (not part of the runs' configuration)."""
+    group_dir: str | None = None
+    """Folder of the ensemble's resume state (needed with two or more runs)."""
+
+    @property
+    def steps(self) -> int:
+        return self.train[0].steps
 
 
 def default_workers(jobs: int) -> int:
@@ -43,9 +60,23 @@ def run_job(job: Job, threads: int = 1, q=None) -> dict:
     def report(stage: str):
         return (lambda i, total: q.put((job.name, stage, i, total))) if q is not None else None
 
-    train(job.train, job.run_dir, progress=report("train"), device=job.device)
-    records = measure(job.train, job.eval, job.run_dir, progress=report("measure"), device=job.device)
+    if len(job.train) == 1:
+        train(job.train[0], job.run_dirs[0], progress=report("train"), device=job.device)
+    else:
+        if job.group_dir is None:
+            raise ValueError(f"job {job.name} trains {len(job.train)} runs together and needs a group_dir")
+        train_ensemble(job.train, job.run_dirs, job.group_dir, progress=report("train"), device=job.device)
+    records = []
+    total = len(job.train) * len(list_checkpoints(Path(job.run_dirs[0])))
+    prog = report("measure")
+    for i, (cfg, run_dir) in enumerate(zip(job.train, job.run_dirs)):
+        member_progress = None if prog is None else functools.partial(_offset, prog, i * total // len(job.train), total)
+        records.append(measure(cfg, job.eval, run_dir, progress=member_progress, device=job.device))
     return {"name": job.name, "records": records}
+
+
+def _offset(prog: Callable[[int, int], None], done: int, total: int, i: int, _: int) -> None:
+    prog(done + i, total)
 
 
 def _worker(job: Job, threads: int, q) -> dict:
@@ -53,7 +84,7 @@ def _worker(job: Job, threads: int, q) -> dict:
         return run_job(job, threads, q)
     except Exception as e:  # keep the message readable across the process boundary
         raise RuntimeError(
-            f"job {job.name} ({job.run_dir}) failed: {type(e).__name__}: {e}\n{traceback.format_exc()}"
+            f"job {job.name} ({', '.join(job.run_dirs)}) failed: {type(e).__name__}: {e}\n{traceback.format_exc()}"
         ) from None
 
 
@@ -70,7 +101,7 @@ def run_jobs(
     workers = default_workers(len(jobs)) if workers is None else int(workers)
     bars = {
         j.name: tqdm(
-            total=j.train.steps,
+            total=j.steps,
             desc=f"{j.name} train",
             position=i,
             leave=True,
@@ -103,7 +134,7 @@ def run_jobs(
             try:
                 results[j.name] = run_job(j, threads, _Direct())
             except Exception as e:
-                errors.append(f"job {j.name} ({j.run_dir}) failed: {type(e).__name__}: {e}")
+                errors.append(f"job {j.name} ({', '.join(j.run_dirs)}) failed: {type(e).__name__}: {e}")
     else:
         ctx = mp.get_context("spawn")
         with ctx.Manager() as manager:

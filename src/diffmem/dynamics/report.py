@@ -19,16 +19,24 @@ def dynamics_figures(results: dict, folder: str | Path) -> dict[str, Path]:
     plt = pyplot()
     folder = Path(folder)
     runs = results["runs"]
-    cols = colors(len(runs))
+    sizes = sorted({r["n"] for r in runs})
+    by_n = dict(zip(sizes, colors(len(sizes))))
+    cols = [by_n[r["n"]] for r in runs]
+    styles = ["-", "--", ":", "-."]
+
+    def label(r: dict) -> str | None:  # one legend entry per size
+        return f"n={r['n']}" if r.get("subset", 0) == 0 else None
+
     out: dict[str, Path] = {}
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for r, c in zip(runs, cols):
         s = np.array([p["step"] for p in r["curve"]], dtype=float)
-        axes[0].plot(s, [p["quality"] for p in r["curve"]], "-o", ms=3, color=c, label=f"n={r['n']}")
+        ls = styles[r.get("subset", 0) % len(styles)]
+        axes[0].plot(s, [p["quality"] for p in r["curve"]], ls, marker="o", ms=3, color=c, label=label(r))
         lo = [p["f_mem_ci"][0] for p in r["curve"]]
         hi = [p["f_mem_ci"][1] for p in r["curve"]]
-        axes[1].plot(s, [p["f_mem"] for p in r["curve"]], "-o", ms=3, color=c, label=f"n={r['n']}")
+        axes[1].plot(s, [p["f_mem"] for p in r["curve"]], ls, marker="o", ms=3, color=c, label=label(r))
         axes[1].fill_between(s, lo, hi, color=c, alpha=0.2, lw=0)
         if r["tau_gen"]:
             axes[0].axvline(r["tau_gen"], color=c, ls=":", lw=1)
@@ -47,26 +55,30 @@ def dynamics_figures(results: dict, folder: str | Path) -> dict[str, Path]:
         a.legend(fontsize=8)
     out["quality_fmem"] = save_png(fig, folder / "quality_fmem.png")
 
+    col = results.get("collapse") or {}
+    alpha = col.get("alpha")
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for r, c in zip(runs, cols):
         s = np.array([p["step"] for p in r["curve"]], dtype=float)
         f = np.array([p["f_mem"] for p in r["curve"]], dtype=float)
-        g = f / f[-1] if f[-1] > 0 else np.full_like(f, np.nan)
-        axes[0].plot(s, g, "-o", ms=3, color=c, label=f"n={r['n']}")
-        axes[1].plot(s / r["n"], g, "-o", ms=3, color=c, label=f"n={r['n']}")
-    col = results.get("collapse", {})
-    axes[0].set(
-        xscale="log",
-        xlabel="training step τ",
-        ylabel="f_mem(τ) / f_mem(τ_max)",
-        title=f"Against τ (spread {fmt(col.get('spread_vs_tau'))})",
-    )
-    axes[1].set(
-        xscale="log",
-        xlabel="τ / n",
-        ylabel="f_mem(τ) / f_mem(τ_max)",
-        title=f"Against τ/n (spread {fmt(col.get('spread_vs_tau_over_n'))})",
-    )
+        ls = styles[r.get("subset", 0) % len(styles)]
+        axes[0].plot(s / r["n"], f, ls, marker="o", ms=3, color=c, label=label(r))
+        if alpha is not None:
+            axes[1].plot(s / r["n"] ** alpha, f, ls, marker="o", ms=3, color=c, label=label(r))
+    axes[0].set(xscale="log", xlabel="τ / n", ylabel="f_mem", title="f_mem against τ/n (no normalisation)")
+    if alpha is not None:
+        ci = col.get("alpha_ci") or [None, None]
+        used = col.get("levels_used") or 0
+        for level in (col.get("levels") or [])[:used] if used else []:
+            axes[1].axhline(level, color="0.6", lw=0.6, ls=":")
+        axes[1].set(
+            xscale="log",
+            xlabel=f"τ / n^α, α = {fmt(alpha)}",
+            ylabel="f_mem",
+            title=f"Best collapse: α = {fmt(alpha)}, 95% CI [{fmt(ci[0])}, {fmt(ci[1])}]",
+        )
+    else:
+        axes[1].set_title("no f_mem level reached by every run: no collapse exponent")
     for a in axes:
         a.grid(alpha=0.3, which="both")
         a.legend(fontsize=8)
@@ -76,13 +88,13 @@ def dynamics_figures(results: dict, folder: str | Path) -> dict[str, Path]:
     for r, c in zip(runs, cols):
         s = np.array([p["step"] for p in r["curve"]], dtype=float)
         axes[0].plot(s, [p["loss_train"] for p in r["curve"]], "--", color=c)
-        axes[0].plot(s, [p["loss_test"] for p in r["curve"]], "-", color=c, label=f"n={r['n']}")
+        axes[0].plot(s, [p["loss_test"] for p in r["curve"]], "-", color=c, label=label(r))
         axes[1].plot(
             s / r["n"],
             np.array([p["loss_test"] for p in r["curve"]]) - np.array([p["loss_train"] for p in r["curve"]]),
             "-",
             color=c,
-            label=f"n={r['n']}",
+            label=label(r),
         )
     axes[0].set(
         xscale="log",
@@ -97,23 +109,32 @@ def dynamics_figures(results: dict, folder: str | Path) -> dict[str, Path]:
         a.legend(fontsize=8)
     out["losses"] = save_png(fig, folder / "losses.png")
 
-    fig, ax = plt.subplots(figsize=(5.5, 4))
+    fig, ax = plt.subplots(figsize=(6, 4.5))
     ns = np.array([r["n"] for r in runs], dtype=float)
-    for key, mk, lab in (("tau_mem", "o", "τ_mem"), ("tau_gen", "s", "τ_gen"), ("tau_test_min", "^", "argmin L_test")):
+    xx = np.geomspace(ns.min(), ns.max(), 20)
+    for key, fit_key, mk, lab in (
+        ("tau_mem", "fit", "o", "τ_mem"),
+        ("tau_gen", "tau_gen_fit", "s", "τ_gen"),
+        ("tau_test_min", None, "^", "argmin L_test"),
+    ):
         pts = [(r["n"], r[key]) for r in runs if r.get(key)]
-        if pts:
-            ax.plot(*zip(*pts), mk, ms=7, label=lab)
-    fit = results.get("fit", {})
-    if fit.get("exponent") is not None:
-        xx = np.geomspace(ns.min(), ns.max(), 20)
-        ax.plot(
-            xx,
-            fit["prefactor"] * xx ** fit["exponent"],
-            "k--",
-            lw=1,
-            label=f"fit: τ_mem ∝ n^{fit['exponent']:.2f} (R²={fit['r2']:.3f})",
-        )
-    ax.set(xscale="log", yscale="log", xlabel="training set size n", ylabel="training step", title="Timescales")
+        if not pts:
+            continue
+        (line,) = ax.plot(*zip(*pts), mk, ms=6, alpha=0.8, label=lab)
+        fit = results.get(fit_key) or {} if fit_key else {}
+        if fit.get("exponent") is not None:
+            ci = fit.get("exponent_ci") or [None, None]
+            ax.plot(
+                xx,
+                fit["prefactor"] * xx ** fit["exponent"],
+                "--",
+                color=line.get_color(),
+                lw=1,
+                label=f"{lab} ∝ n^{fmt(fit['exponent'])} [{fmt(ci[0])}, {fmt(ci[1])}]",
+            )
+    ax.set(
+        xscale="log", yscale="log", xlabel="training set size n", ylabel="training step", title="Timescales (95% CI)"
+    )
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
     out["timescales"] = save_png(fig, folder / "timescales.png")
@@ -147,13 +168,15 @@ def sample_grid(rows: Sequence[tuple[str, np.ndarray, np.ndarray]], path: str | 
 
 
 def summary_table(results: dict) -> list[list[str]]:
-    rows = [["n", "tau_gen", "tau_mem", "tau_mem/n", "argmin L_test", "f_mem final"]]
+    """One row per run: n, subset, tau_gen, tau_mem, tau_mem/n, argmin L_test, f_mem at the end."""
+    rows = [["n", "subset", "tau_gen", "tau_mem", "tau_mem/n", "argmin L_test", "f_mem final"]]
     for r in results["runs"]:
         rows.append(
             [
                 str(r["n"]),
+                str(r.get("subset", 0)),
                 fmt(r["tau_gen"]),
-                fmt(r["tau_mem"]),
+                fmt(r["tau_mem"]) if r["tau_mem"] else "not reached",
                 fmt(r["tau_mem"] / r["n"] if r["tau_mem"] else None),
                 fmt(r.get("tau_test_min")),
                 fmt(r.get("f_mem_final")),
@@ -173,13 +196,24 @@ def write_html(
     from ..io import atomic_write_bytes
 
     fit = results.get("fit", {})
-    ci = fit.get("exponent_ci") or [None, None]
-    fit_line = (
-        f"τ_mem ∝ n<sup>{fmt(fit.get('exponent'))}</sup>, 95% CI [{fmt(ci[0])}, {fmt(ci[1])}], "
-        f"R² = {fmt(fit.get('r2'))}; geometric mean τ_mem/n = {fmt(fit.get('tau_mem_over_n'))}; "
-        f"τ_gen max/min across n = {fmt(results.get('tau_gen_spread'))}; "
-        f"collapse spread ratio (τ/n vs τ) = {fmt((results.get('collapse') or {}).get('ratio'))}"
-    )
+    gfit = results.get("tau_gen_fit", {})
+    col = results.get("collapse") or {}
+
+    def ci(d: dict, key: str) -> str:
+        lo, hi = d.get(key) or [None, None]
+        return f"95% CI [{fmt(lo)}, {fmt(hi)}]"
+
+    lines = [
+        f"τ_mem ∝ n<sup>{fmt(fit.get('exponent'))}</sup>, {ci(fit, 'exponent_ci')}, R² = {fmt(fit.get('r2'))}; "
+        f"geometric mean τ_mem/n = {fmt(fit.get('tau_mem_over_n'))} ({fit.get('points', 0)} runs reached τ_mem)",
+        f"τ_gen ∝ n<sup>{fmt(gfit.get('exponent'))}</sup>, {ci(gfit, 'exponent_ci')}; "
+        f"max/min across runs = {fmt(results.get('tau_gen_spread'))}",
+        f"collapse: f_mem curves coincide against τ/n<sup>α</sup> at α = {fmt(col.get('alpha'))}, "
+        f"{ci(col, 'alpha_ci')} ({col.get('levels_used', 0)} shared f_mem levels)",
+    ]
+    for key, b in (results.get("by_k") or {}).items():
+        lines.append(f"k = {key}: τ_mem ∝ n<sup>{fmt(b.get('exponent'))}</sup>, {ci(b, 'exponent_ci')}")
+    fit_line = "<br>".join(lines)
     rules = html.escape(json.dumps(results.get("rules", {})))
     cfg = html.escape(json.dumps(results.get("config", {}), indent=1))
     body = (

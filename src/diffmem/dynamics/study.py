@@ -25,10 +25,22 @@ from ..config import claim_folder, resolve_device, to_dict
 from . import report
 from .evaluate import EvalConfig
 from .executor import Job, run_jobs
-from .timescales import Analysis, Collapse, RunTimes, ScalingFit, TimeRules, analyze
+from .timescales import (
+    Analysis,
+    Collapse,
+    CollapseFit,
+    RunSamples,
+    RunTimes,
+    ScalingFit,
+    TimeRules,
+    analyze,
+    collapse_fit,
+    fit_scaling,
+    tau_mem,
+)
 from .training import TrainConfig, load_split
 
-__all__ = ["StudyConfig", "StudyResult", "run_study", "study_jobs", "write_outputs"]
+__all__ = ["PRESETS", "ByK", "StudyConfig", "StudyResult", "check_sizes", "run_study", "study_jobs", "write_outputs"]
 
 
 @dataclass(frozen=True)
@@ -47,6 +59,12 @@ class StudyConfig:
     """How each checkpoint is evaluated."""
     rules: TimeRules = field(default_factory=TimeRules)
     """How tau_gen and tau_mem are read off the curves."""
+    subsets: int = 1
+    """Disjoint training subsets per size, each its own run (trained together as one vectorized ensemble)."""
+    ks: tuple[float, ...] = (0.25, 1 / 3, 0.5)
+    """Ratio thresholds k at which tau_mem and its exponent are also reported (from the same samples)."""
+    collapse_levels: tuple[float, ...] = (0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5)
+    """f_mem levels whose crossing times give the collapse exponent alpha (those every run reaches)."""
 
     def validate(self) -> None:
         if len(self.sizes) < 1 or any(int(n) != n or n < 2 for n in self.sizes):
@@ -55,35 +73,97 @@ class StudyConfig:
             raise ValueError(f"sizes must be distinct, got {self.sizes}")
         if not self.steps_per_n > 0:
             raise ValueError(f"steps_per_n must be positive, got {self.steps_per_n}")
+        if int(self.subsets) != self.subsets or self.subsets < 1:
+            raise ValueError(f"subsets must be a positive integer, got {self.subsets}")
+        if not self.ks or any(not 0 < k < 1 for k in self.ks):
+            raise ValueError(f"every k must lie in (0, 1), got {self.ks}")
+        if not self.collapse_levels or any(not 0 < v < 1 for v in self.collapse_levels):
+            raise ValueError(f"every collapse level must lie in (0, 1), got {self.collapse_levels}")
         self.eval.validate()
         self.rules.validate()
 
     def steps_for(self, n: int) -> int:
         return int(max(self.min_steps, round(self.steps_per_n * n)))
 
-    def run_config(self, n: int) -> TrainConfig:
-        return replace(self.train, n=int(n), steps=self.steps_for(n)).resolved()
+    def run_config(self, n: int, subset: int = 0) -> TrainConfig:
+        """The resolved configuration of the run of size ``n`` on training subset ``subset``."""
+        return replace(self.train, n=int(n), steps=self.steps_for(n), subset_index=int(subset)).resolved()
+
+    def run_dir(self, n: int, subset: int = 0) -> str:
+        """The run's folder relative to the study folder: ``runs/n_00064`` (``runs/n_00064_s1`` with subsets)."""
+        return f"runs/n_{n:05d}" if self.subsets == 1 else f"runs/n_{n:05d}_s{subset}"
 
     @classmethod
     def from_dict(cls, d: dict) -> StudyConfig:
         from ..config import from_dict
 
-        return cls(
-            sizes=tuple(d["sizes"]),
-            steps_per_n=d["steps_per_n"],
-            min_steps=d["min_steps"],
-            train=from_dict(TrainConfig, d["train"]),
-            eval=from_dict(EvalConfig, d["eval"]),
-            rules=from_dict(TimeRules, d["rules"]),
-        )
+        nested = {"train": TrainConfig, "eval": EvalConfig, "rules": TimeRules}
+        return from_dict(cls, {k: from_dict(nested[k], v) if k in nested else v for k, v in d.items()})
+
+
+PRESETS: dict[str, StudyConfig] = {
+    # the quick default: onset of memorization at 4 sizes, one subset each (about 12 minutes on 2 cores)
+    "quick": StudyConfig(),
+    # into the memorization regime: 4 sizes spanning 8x, 2 disjoint subsets each, trained until f_mem
+    # is well into its rise (see docs/dynamics.md for the pilots behind these numbers)
+    "full": StudyConfig(
+        sizes=(16, 32, 64, 128),
+        subsets=2,
+        steps_per_n=600.0,
+        min_steps=4000,
+        train=TrainConfig(checkpoints=40),
+    ),
+}
+"""Named studies for ``diffmem dynamics --preset NAME``; flags given on the command line override them."""
 
 
 def study_jobs(cfg: StudyConfig, out: Path, device: str = "cpu") -> list[Job]:
-    """One job per size, largest first (the longest runs start first, which balances the workers)."""
+    """One job per size, largest first (the longest runs start first, which balances the workers);
+    the subsets of a size are trained together as one vectorized ensemble."""
     jobs = []
     for n in sorted(cfg.sizes, reverse=True):
-        jobs.append(Job(f"n={n}", cfg.run_config(n), cfg.eval, str(out / "runs" / f"n_{n:05d}"), device))
+        subsets = range(cfg.subsets)
+        jobs.append(
+            Job(
+                f"n={n}",
+                tuple(cfg.run_config(n, s) for s in subsets),
+                cfg.eval,
+                tuple(str(out / cfg.run_dir(n, s)) for s in subsets),
+                device,
+                group_dir=str(out / "runs" / f"n_{n:05d}_ensemble") if cfg.subsets > 1 else None,
+            )
+        )
     return jobs
+
+
+def check_sizes(cfg: StudyConfig) -> None:
+    """Fail before any work when a size or the number of subsets asks for more data than there is."""
+    from .. import data
+
+    for n in cfg.sizes:
+        load_split(cfg.run_config(n))  # n itself against the data (its own message)
+    rc = cfg.run_config(max(cfg.sizes))
+    n_images = len(data.load(rc.data, key=rc.data_key, size=rc.image_size))
+    pool = n_images - (rc.n_test if rc.n_test is not None else data.default_n_test(n_images))
+    need = cfg.subsets * max(cfg.sizes)
+    if need > pool:
+        raise ValueError(
+            f"--subsets {cfg.subsets} needs {need} training examples at n = {max(cfg.sizes)}, but the data hold "
+            f"{pool} outside the held-out set; use --subsets {max(1, pool // max(cfg.sizes))} or smaller --sizes"
+        )
+
+
+@dataclass(frozen=True)
+class ByK:
+    """tau_mem of every run and its scaling at one ratio threshold k, from the same samples."""
+
+    k: float
+    tau_mem: tuple[float | None, ...]
+    """Per run, in the order of ``StudyResult.runs``."""
+    fit: ScalingFit
+
+    def to_dict(self) -> dict:
+        return {"k": self.k, "tau_mem": list(self.tau_mem), **self.fit.to_dict()}
 
 
 @dataclass(frozen=True)
@@ -93,7 +173,11 @@ class StudyResult:
     config: StudyConfig
     """The resolved configuration of the study."""
     analysis: Analysis
-    """Per-run times, the fits and the collapse."""
+    """Per-run times, the fits and the normalised-curve spreads."""
+    collapse_fit: CollapseFit | None = None
+    """The exponent alpha for which the f_mem curves coincide against tau / n^alpha."""
+    by_k: tuple[ByK, ...] = ()
+    """tau_mem and its exponent at each ratio threshold k of the configuration."""
     elapsed_seconds: float | None = None
     """Wall time of the call that finished the study."""
 
@@ -119,22 +203,61 @@ class StudyResult:
 
     def to_dict(self) -> dict:
         out = {"config": to_dict(self.config), **self.analysis.to_dict()}
+        if self.collapse_fit is not None:
+            out["collapse"] = {**out["collapse"], **self.collapse_fit.to_dict()}
+        if self.by_k:
+            out["by_k"] = {f"{b.k:.4g}": b.to_dict() for b in self.by_k}
         if self.elapsed_seconds is not None:
             out["elapsed_seconds"] = self.elapsed_seconds
         return out
 
 
+def _run_samples(cfg: StudyConfig, out: Path, run: RunTimes) -> RunSamples:
+    """Every sample's distance ratio at every checkpoint of one run, from its ``samples/*.npz``."""
+    steps, ratios = [], []
+    for c in run.curve:
+        with np.load(
+            out / cfg.run_dir(run.n, run.subset) / "samples" / f"step_{c['step']:07d}.npz", allow_pickle=False
+        ) as f:
+            ratios.append(f["ratios"])
+        steps.append(c["step"])
+    return RunSamples(run.n, run.subset, np.asarray(steps, dtype=np.float64), np.stack(ratios))
+
+
+def _by_k(cfg: StudyConfig, samples: list[RunSamples]) -> tuple[ByK, ...]:
+    from ..metrics.memorization import bootstrap_mean_ci
+
+    out = []
+    for k in cfg.ks:
+        taus = []
+        for rs in samples:
+            mem = (rs.ratios < k).astype(np.float64)
+            lo = [bootstrap_mean_ci(m, cfg.eval.n_boot, seed=cfg.eval.seed)[0] for m in mem]
+            taus.append(tau_mem(rs.steps.tolist(), lo, cfg.rules))
+        out.append(ByK(float(k), tuple(taus), fit_scaling([rs.n for rs in samples], taus)))
+    return tuple(out)
+
+
 def write_outputs(
-    cfg: StudyConfig, out: Path, records: dict[int, list[dict]], elapsed: float | None = None
+    cfg: StudyConfig,
+    out: Path,
+    records: dict[tuple[int, int], list[dict]],
+    elapsed: float | None = None,
 ) -> StudyResult:
-    """Analyse the evaluated runs and write results.json, the figures and report.html."""
+    """Analyse the evaluated runs (records keyed by (n, subset)) and write results.json, the figures
+    and report.html."""
     keep = ("step", "f_mem", "f_mem_ci", "quality", "quality_metric", "loss_train", "loss_test")
-    runs = [(n, [{k: r[k] for k in keep if k in r} for r in recs]) for n, recs in records.items()]
-    analysis = analyze(runs, cfg.rules)
+    keys = list(records)
+    runs = [(n, [{k: r[k] for k in keep if k in r} for r in records[(n, s)]]) for n, s in keys]
+    analysis = analyze(runs, cfg.rules, subsets=[s for _, s in keys])
     analysis = analysis.with_runs(
-        [replace(r, run_dir=f"runs/n_{r.n:05d}", steps=cfg.steps_for(r.n)) for r in analysis.runs]
+        [replace(r, run_dir=cfg.run_dir(r.n, r.subset), steps=cfg.steps_for(r.n)) for r in analysis.runs]
     )
-    result = StudyResult(cfg, analysis, elapsed)
+    samples = [_run_samples(cfg, out, r) for r in analysis.runs]
+    col = collapse_fit(
+        samples, cfg.eval.k, cfg.collapse_levels, persist=cfg.rules.persist, n_boot=cfg.eval.n_boot, seed=cfg.eval.seed
+    )
+    result = StudyResult(cfg, analysis, col, _by_k(cfg, samples), elapsed)
     results = result.to_dict()
     figs = report.dynamics_figures(results, out / "figures")
     figs["samples"] = _samples_figure(cfg, out, results)
@@ -148,7 +271,9 @@ def _samples_figure(cfg: StudyConfig, out: Path, results: dict, per_row: int = 1
 
     rows = []
     for r in results["runs"]:
-        rc = cfg.run_config(r["n"])
+        if r["subset"] != 0:  # one row per size
+            continue
+        rc = cfg.run_config(r["n"], r["subset"])
         sp = load_split(rc)
         step = r["curve"][-1]["step"]
         with np.load(out / r["run_dir"] / "samples" / f"step_{step:07d}.npz", allow_pickle=False) as f:
@@ -204,11 +329,10 @@ def run_study(
     cfg.validate()
     device = str(resolve_device(device))
     out = Path(out)
-    for n in cfg.sizes:  # fail fast on impossible sizes, before any work
-        load_split(cfg.run_config(n))
+    check_sizes(cfg)  # fail fast on impossible sizes, before any work
     claim_folder(out, cfg)
     t0 = time.time()
     jobs = study_jobs(cfg, out, device)
     res = run_jobs(jobs, workers=workers, show_progress=show_progress)
-    records = {j.train.n: res[j.name]["records"] for j in jobs}
+    records = {(c.n, c.subset_index): recs for j in jobs for c, recs in zip(j.train, res[j.name]["records"])}
     return write_outputs(cfg, out, records, time.time() - t0)

@@ -59,12 +59,16 @@ class TimeRules:
     """tau_gen: the quality must come within this fraction of its total improvement of its best value."""
     persist: int = 1
     """tau_mem: the crossing must hold for this many further checkpoints (where they exist)."""
+    gen_smooth: int = 1
+    """tau_gen: running median over this many consecutive (log-spaced) checkpoints before the rule (1: none)."""
 
     def validate(self) -> None:
         if not 0 < self.mem_threshold < 1:
             raise ValueError(f"mem_threshold must lie in (0, 1), got {self.mem_threshold}")
         if not 0 < self.gen_fraction < 1:
             raise ValueError(f"gen_fraction must lie in (0, 1), got {self.gen_fraction}")
+        if int(self.gen_smooth) != self.gen_smooth or self.gen_smooth < 1 or self.gen_smooth % 2 == 0:
+            raise ValueError(f"gen_smooth must be an odd positive integer, got {self.gen_smooth}")
 
 
 def _log_crossing(s0: float, s1: float, v0: float, v1: float, target: float) -> float:
@@ -104,6 +108,7 @@ def tau_gen(
     s, q = s[ok], q[ok]
     if s.size < 2:
         return None
+    q = running_median(q, rules.gen_smooth)
     window = s <= until if until is not None and np.any(s <= until) else np.ones_like(s, dtype=bool)
     q_best = float(q[window].min())
     target = q_best + rules.gen_fraction * (float(q[0]) - q_best)
@@ -111,6 +116,19 @@ def tau_gen(
         return float(s[0])
     j = _first_crossing(q.tolist(), lambda v: v <= target, 0)
     return _log_crossing(s[j - 1], s[j], q[j - 1], q[j], target) if j else None
+
+
+def running_median(values: np.ndarray, width: int) -> np.ndarray:
+    """Median over a centred window of ``width`` (odd) points; the window shrinks at the ends.
+
+    >>> running_median(np.array([5.0, 1.0, 9.0, 2.0, 2.0]), 3).tolist()
+    [3.0, 5.0, 2.0, 2.0, 2.0]
+    """
+    v = np.asarray(values, dtype=np.float64)
+    if width <= 1:
+        return v
+    h = width // 2
+    return np.array([np.median(v[max(0, i - h) : i + h + 1]) for i in range(v.size)])
 
 
 def tau_test_min(steps: Sequence[float], loss_test: Sequence[float]) -> float | None:
@@ -240,6 +258,8 @@ class RunTimes:
 
     n: int
     """Training-set size."""
+    subset: int
+    """Which disjoint training subset of that size."""
     tau_gen: float | None
     """Generalization time (steps), None if the quality never reached its plateau."""
     tau_mem: float | None
@@ -258,6 +278,7 @@ class RunTimes:
     def to_dict(self) -> dict:
         out: dict[str, Any] = {
             "n": self.n,
+            "subset": self.subset,
             "tau_gen": self.tau_gen,
             "tau_mem": self.tau_mem,
             "tau_test_min": self.tau_test_min,
@@ -301,12 +322,13 @@ class Analysis:
         return replace(self, runs=tuple(runs))
 
 
-def analyze_run(n: int, curve: Sequence[dict], rules: TimeRules = TimeRules()) -> RunTimes:
+def analyze_run(n: int, curve: Sequence[dict], rules: TimeRules = TimeRules(), subset: int = 0) -> RunTimes:
     """tau_gen, tau_mem, the test-loss minimum and the final f_mem of one run's curve."""
     pts = sorted(curve, key=lambda c: c["step"])
     steps = [c["step"] for c in pts]
     return RunTimes(
         n=int(n),
+        subset=int(subset),
         tau_gen=tau_gen(steps, [c["quality"] for c in pts], rules),
         tau_mem=tau_mem(steps, [c["f_mem_ci"][0] for c in pts], rules),
         tau_test_min=tau_test_min(steps, [c["loss_test"] for c in pts]),
@@ -315,7 +337,9 @@ def analyze_run(n: int, curve: Sequence[dict], rules: TimeRules = TimeRules()) -
     )
 
 
-def analyze(runs: Sequence[tuple[int, Sequence[dict]]], rules: TimeRules = TimeRules()) -> Analysis:
+def analyze(
+    runs: Sequence[tuple[int, Sequence[dict]]], rules: TimeRules = TimeRules(), subsets: Sequence[int] | None = None
+) -> Analysis:
     """Per-run times, the tau_mem ~ n fit, the tau_gen fit and spread, and the collapse.
 
     Parameters
@@ -325,6 +349,8 @@ def analyze(runs: Sequence[tuple[int, Sequence[dict]]], rules: TimeRules = TimeR
         ``quality`` and ``loss_test`` (what ``metrics.jsonl`` holds).
     rules : TimeRules
         The thresholds that turn curves into times.
+    subsets : sequence of int, optional
+        The training subset of each run (default: all 0).
 
     Returns
     -------
@@ -333,7 +359,11 @@ def analyze(runs: Sequence[tuple[int, Sequence[dict]]], rules: TimeRules = TimeR
         ``collapse`` and ``rules`` entries of ``results.json``.
     """
     rules.validate()
-    out_runs = tuple(analyze_run(n, c, rules) for n, c in sorted(runs, key=lambda r: r[0]))
+    subs = list(subsets) if subsets is not None else [0] * len(runs)
+    if len(subs) != len(runs):
+        raise ValueError(f"got {len(runs)} runs but {len(subs)} subset indices")
+    order = sorted(range(len(runs)), key=lambda i: (runs[i][0], subs[i]))
+    out_runs = tuple(analyze_run(runs[i][0], runs[i][1], rules, subs[i]) for i in order)
     gens = [r.tau_gen for r in out_runs if r.tau_gen is not None]
     return Analysis(
         runs=out_runs,

@@ -32,6 +32,7 @@ __all__ = [
     "TrainConfig",
     "build_model",
     "checkpoint_steps",
+    "draw_batch",
     "list_checkpoints",
     "load_checkpoint",
     "load_split",
@@ -71,6 +72,8 @@ class TrainConfig:
     """SGD momentum."""
     batch_size: int | None = None
     """Examples per step; default min(n, 512), the paper's recipe (full batch for n <= 512)."""
+    batch_replacement: bool = False
+    """Draw each step's batch with replacement (then batch_size may exceed n): every n sees the same batch size."""
     steps: int = 10_000
     """Optimizer steps."""
     checkpoints: int = 32
@@ -106,8 +109,13 @@ class TrainConfig:
         for name in ("n", "steps", "width", "checkpoints", "first_checkpoint", "resume_every", "log_every"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
-        if self.batch_size is not None and not 1 <= self.batch_size <= self.n:
-            raise ValueError(f"batch_size must be in [1, n={self.n}], got {self.batch_size}")
+        if self.batch_size is not None and not 1 <= self.batch_size <= (
+            self.n if not self.batch_replacement else 10**7
+        ):
+            raise ValueError(
+                f"batch_size must be in [1, n={self.n}] (or any positive size with --batch-replacement), "
+                f"got {self.batch_size}"
+            )
         if self.lr is not None and not self.lr > 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
 
@@ -122,6 +130,15 @@ def checkpoint_steps(steps: int, count: int, first: int = 100) -> list[int]:
         return [steps]
     grid = torch.logspace(math.log10(first), math.log10(steps), count, dtype=torch.float64).round().long()
     return sorted(set(grid.tolist()) | {steps})
+
+
+def draw_batch(x: torch.Tensor, b: int, replacement: bool, gen: torch.Generator) -> torch.Tensor:
+    """One step's batch of ``b`` rows of ``x``: all of them (b = n, without replacement), a random
+    subset without replacement, or ``b`` independent uniform draws with replacement."""
+    n = x.shape[0]
+    if replacement:
+        return x[torch.randint(0, n, (b,), generator=gen).to(x.device)]
+    return x if b == n else x[torch.randperm(n, generator=gen)[:b].to(x.device)]
 
 
 def load_split(cfg: TrainConfig) -> data.Split:
@@ -221,7 +238,7 @@ def _loop(cfg, run_dir, model, opt, gen, sp, start, progress) -> None:
     log_path = run_dir / "train_log.jsonl"
     running, t0 = 0.0, time.time()
     for step in range(start + 1, cfg.steps + 1):
-        x0 = x_train if b == n else x_train[torch.randperm(n, generator=gen)[:b].to(dev)]
+        x0 = draw_batch(x_train, b, cfg.batch_replacement, gen)
         k = torch.randint(1, cfg.T, (b,), generator=gen)
         eps = torch.randn(x0.shape, generator=gen).to(dev)
         loss = eps_loss(model, x0, k, eps, ab, reduction="mean")
