@@ -123,3 +123,60 @@ def test_dry_run_prints_resolved_config(capsys):
     assert main(["dynamics", "--dry-run", "--sizes", "16", "32"]) == 0
     cfg = json.loads(capsys.readouterr().out)
     assert cfg["runs"]["16"]["batch_size"] == 16 and cfg["runs"]["16"]["lr"] == 1e-3
+
+
+def test_results_json_new_fields(study):
+    res = json.loads((study / "results.json").read_text())
+    assert [r["subset"] for r in res["runs"]] == [0, 0]
+    assert set(res["collapse"]) >= {"alpha", "alpha_ci", "levels", "levels_used"}
+    assert set(res["by_k"]) == {"0.25", "0.3333", "0.5"}
+    for b in res["by_k"].values():
+        assert len(b["tau_mem"]) == 2 and set(b) >= {"exponent", "exponent_ci"}
+    assert set(res["tau_gen_fit"]) >= {"exponent", "exponent_ci"}
+    assert res["elapsed_seconds"] > 0
+
+
+def test_by_k_recomputed_from_the_saved_samples(study):
+    """tau_mem at k = 1/3 in by_k is the same rule on the same samples as the run's own tau_mem."""
+    res = json.loads((study / "results.json").read_text())
+    assert res["by_k"]["0.3333"]["tau_mem"] == [r["tau_mem"] for r in res["runs"]]
+    # a looser threshold never memorizes later than a stricter one
+    for strict, loose in zip(res["by_k"]["0.25"]["tau_mem"], res["by_k"]["0.5"]["tau_mem"]):
+        if strict is not None:
+            assert loose is not None and loose <= strict
+
+
+def test_subsets_train_as_an_ensemble_and_are_reported(tmp_path):
+    out = tmp_path / "sub"
+    args = [a for a in TINY]
+    args[args.index("--sizes") + 2] = "24"
+    assert main(["dynamics", "--out", str(out), *args, "--subsets", "2"]) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert [(r["n"], r["subset"]) for r in res["runs"]] == [(16, 0), (16, 1), (24, 0), (24, 1)]
+    assert [r["run_dir"] for r in res["runs"]][:2] == ["runs/n_00016_s0", "runs/n_00016_s1"]
+    assert (out / "runs" / "n_00016_ensemble" / "state.safetensors").is_file()
+    # the two subsets are disjoint training sets: their first checkpoints differ
+    from diffmem import io as dio
+
+    a = dio.load_tensors(next((out / "runs" / "n_00016_s0" / "checkpoints").glob("*.safetensors")))[0]
+    b = dio.load_tensors(next((out / "runs" / "n_00016_s1" / "checkpoints").glob("*.safetensors")))[0]
+    assert any(not (a[k] == b[k]).all() for k in a)
+
+
+def test_study_bad_input(tmp_path, capsys):
+    assert main(["dynamics", "--out", str(tmp_path / "a"), "--sizes", "256", "--subsets", "20", "--quiet"]) == 2
+    assert "--subsets 20 needs 5120 training examples" in capsys.readouterr().err
+    assert not (tmp_path / "a").exists()
+    with pytest.raises(SystemExit):
+        main(["dynamics", "--preset", "huge", "--dry-run"])
+    assert "invalid choice: 'huge'" in capsys.readouterr().err
+
+
+def test_full_preset_resumed_with_other_settings_is_refused(tmp_path, capsys):
+    from diffmem.config import claim_folder
+    from diffmem.dynamics.study import PRESETS
+
+    out = tmp_path / "full"
+    claim_folder(out, PRESETS["full"])  # as a started full study leaves it
+    assert main(["dynamics", "--preset", "full", "--out", str(out), "--steps-per-n", "10", "--quiet"]) == 2
+    assert "another configuration (differs in: steps_per_n)" in capsys.readouterr().err

@@ -135,3 +135,15 @@ def test_level_times_and_alpha_need_a_matched_range():
     # the run that never reaches a level removes that level for every run; no level at all -> no alpha
     assert alpha_from_level_times([10, 20], [[None, 5.0], [3.0, 10.0]]) == (pytest.approx(1.0), 1)
     assert alpha_from_level_times([10, 20], [[None], [3.0]]) == (None, 0)
+
+
+def test_tau_gen_smoothing_ignores_a_single_low_outlier():
+    steps = np.geomspace(10, 10000, 13)
+    q = np.array([20, 20, 19, 15, 10, 7, 6, 6, 6, 6, 2.0, 6, 6])  # one checkpoint falls to 2 by chance
+    raw = tau_gen(steps, q)  # the outlier sets q_best = 2: target 3.8 is reached only at the outlier
+    assert raw == pytest.approx(steps[10], rel=0.3)
+    smooth = tau_gen(steps, q, TimeRules(gen_smooth=3))  # median of 3 removes it: q_best = 6, target 7.4
+    expected = math.exp(math.log(steps[4]) + (10 - 7.4) / (10 - 7) * (math.log(steps[5]) - math.log(steps[4])))
+    assert smooth == pytest.approx(expected, rel=1e-9)
+    with pytest.raises(ValueError, match="gen_smooth must be an odd positive integer"):
+        TimeRules(gen_smooth=2).validate()

@@ -6,12 +6,18 @@ import html
 import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from ..figures import colors, fmt, html_page, html_table, pyplot, save_png
 
 __all__ = ["dynamics_figures", "sample_grid", "summary_table", "write_html"]
+
+
+def _legend(ax: Any) -> None:
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
 
 
 def dynamics_figures(results: dict, folder: str | Path) -> dict[str, Path]:
@@ -52,7 +58,7 @@ def dynamics_figures(results: dict, folder: str | Path) -> dict[str, Path]:
     )
     for a in axes:
         a.grid(alpha=0.3, which="both")
-        a.legend(fontsize=8)
+        _legend(a)
     out["quality_fmem"] = save_png(fig, folder / "quality_fmem.png")
 
     col = results.get("collapse") or {}
@@ -81,7 +87,7 @@ def dynamics_figures(results: dict, folder: str | Path) -> dict[str, Path]:
         axes[1].set_title("no f_mem level reached by every run: no collapse exponent")
     for a in axes:
         a.grid(alpha=0.3, which="both")
-        a.legend(fontsize=8)
+        _legend(a)
     out["collapse"] = save_png(fig, folder / "collapse.png")
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
@@ -106,7 +112,7 @@ def dynamics_figures(results: dict, folder: str | Path) -> dict[str, Path]:
     axes[1].set(xscale="log", xlabel="τ / n", ylabel="L_test − L_train", title="Generalization gap against τ/n")
     for a in axes:
         a.grid(alpha=0.3, which="both")
-        a.legend(fontsize=8)
+        _legend(a)
     out["losses"] = save_png(fig, folder / "losses.png")
 
     fig, ax = plt.subplots(figsize=(6, 4.5))
@@ -136,7 +142,7 @@ def dynamics_figures(results: dict, folder: str | Path) -> dict[str, Path]:
         xscale="log", yscale="log", xlabel="training set size n", ylabel="training step", title="Timescales (95% CI)"
     )
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8)
+    _legend(ax)
     out["timescales"] = save_png(fig, folder / "timescales.png")
     return out
 
