@@ -31,8 +31,7 @@ The command line is ``diffmem`` (``diffmem --help``); the submodules :mod:`diffm
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from .lazy import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -47,18 +46,4 @@ _WHERE = {
     "diffmem.audit.run": ["AuditConfig", "AuditResult", "run_audit"],
     "diffmem.audit.testbed": ["build_testbed"],
 }
-_NAME_TO_MODULE = {name: mod for mod, names in _WHERE.items() for name in names}
-__all__ = sorted(_NAME_TO_MODULE)
-
-
-def __getattr__(name: str) -> Any:
-    mod = _NAME_TO_MODULE.get(name)
-    if mod is None:
-        raise AttributeError(f"module 'diffmem' has no attribute {name!r}")
-    value = getattr(importlib.import_module(mod), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(list(globals()) + __all__)
+__all__, __getattr__, __dir__ = lazy_exports(__name__, globals(), _WHERE)

@@ -12,26 +12,14 @@ severity). A local Stable Diffusion folder is loaded with
 
 from __future__ import annotations
 
-import importlib
-
+from ..lazy import lazy_exports
 from .protocol import GuidedModel, PromptSpec, Severity
 
-_LAZY = {
-    "AuditConfig": "run",
-    "AuditResult": "run",
-    "run_audit": "run",
-    "build_testbed": "testbed",
-    "TestbedModel": "testbed",
-    "TestbedConfig": "testbed",
-    "record": "recorder",
-    "Trajectory": "recorder",
-    "PixelCosine": "severity",
+_WHERE = {
+    ".run": ["AuditConfig", "AuditResult", "run_audit"],
+    ".testbed": ["TestbedConfig", "TestbedModel", "build_testbed"],
+    ".recorder": ["Trajectory", "record"],
+    ".severity": ["PixelCosine"],
 }
-
-__all__ = ["GuidedModel", "PromptSpec", "Severity", *_LAZY]
-
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+_lazy, __getattr__, __dir__ = lazy_exports(__name__, globals(), _WHERE)
+__all__ = ["GuidedModel", "PromptSpec", "Severity", *_lazy]

@@ -19,11 +19,10 @@ Names load lazily, so importing this package does not import torch.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from ..lazy import lazy_exports
 
 _WHERE = {
-    "training": [
+    ".training": [
         "TrainConfig",
         "build_model",
         "checkpoint_steps",
@@ -32,8 +31,8 @@ _WHERE = {
         "load_split",
         "train",
     ],
-    "evaluate": ["EvalConfig", "measure", "sample_checkpoint"],
-    "timescales": [
+    ".evaluate": ["EvalConfig", "measure", "sample_checkpoint"],
+    ".timescales": [
         "Analysis",
         "Collapse",
         "RunTimes",
@@ -47,21 +46,7 @@ _WHERE = {
         "tau_mem",
         "tau_test_min",
     ],
-    "executor": ["Job", "run_jobs"],
-    "study": ["StudyConfig", "StudyResult", "run_study"],
+    ".executor": ["Job", "run_jobs"],
+    ".study": ["StudyConfig", "StudyResult", "run_study"],
 }
-_NAME_TO_MODULE = {name: mod for mod, names in _WHERE.items() for name in names}
-__all__ = sorted(_NAME_TO_MODULE)
-
-
-def __getattr__(name: str) -> Any:
-    mod = _NAME_TO_MODULE.get(name)
-    if mod is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{mod}", __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(list(globals()) + __all__)
+__all__, __getattr__, __dir__ = lazy_exports(__name__, globals(), _WHERE)

@@ -15,11 +15,11 @@ The equations, conventions and file formats are in docs/theory.md.
 Names load lazily (PEP 562), so ``import diffmem.theory.cli`` does not import numpy.
 """
 
-import importlib
+from ..lazy import lazy_exports
 
 _WHERE = {
-    "constants": ["RFConstants", "rf_constants"],
-    "gradient_flow": [
+    ".constants": ["RFConstants", "rf_constants"],
+    ".gradient_flow": [
         "LossCurves",
         "closed_form_losses",
         "default_taus",
@@ -32,8 +32,8 @@ _WHERE = {
         "predicted_times",
         "simulate_gd",
     ],
-    "phase": ["PhaseDiagram", "phase_diagram"],
-    "simulation": [
+    ".phase": ["PhaseDiagram", "phase_diagram"],
+    ".simulation": [
         "RFProblem",
         "eigenvalue_histogram",
         "exact_matrices",
@@ -43,20 +43,6 @@ _WHERE = {
         "mc_matrices",
         "population_matrices",
     ],
-    "spectrum": ["SpectrumResult", "asymptotic_spectrum", "spectral_density"],
+    ".spectrum": ["SpectrumResult", "asymptotic_spectrum", "spectral_density"],
 }
-_NAME_TO_MODULE = {name: mod for mod, names in _WHERE.items() for name in names}
-__all__ = sorted(_NAME_TO_MODULE)
-
-
-def __getattr__(name):
-    mod = _NAME_TO_MODULE.get(name)
-    if mod is None:
-        raise AttributeError(f"module 'diffmem.theory' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{mod}", __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return sorted(list(globals()) + __all__)
+__all__, __getattr__, __dir__ = lazy_exports(__name__, globals(), _WHERE)
