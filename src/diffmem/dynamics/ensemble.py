@@ -28,7 +28,7 @@ import torch
 from .. import io
 from ..config import claim_folder, resolve_device
 from ..state import load_optimizer_tensors, optimizer_tensors
-from .training import TrainConfig, build_model, checkpoint_steps, draw_batch, load_split, make_optimizer
+from .training import TrainConfig, build_model, checkpoint_steps, draw_batch, load_split, make_optimizer, truncate_log
 
 __all__ = ["train_ensemble"]
 
@@ -73,9 +73,9 @@ def train_ensemble(
     Parameters
     ----------
     cfgs : sequence of TrainConfig
-        The members. They must share the model, width, optimizer and its settings, batch size, step
-        count and checkpoint grid; they may differ in ``n`` only when the batch size is fixed
-        (``batch_size`` set), and in ``subset_index``, ``split_seed`` and ``seed``.
+        The members. They must share the data, model, width, optimizer and its settings, batch size,
+        step count and checkpoint grid (so members of different ``n`` need a fixed ``batch_size``);
+        they may differ in ``n``, ``subset_index``, ``split_seed`` and ``seed``.
     run_dirs : sequence of path
         One run folder per member (the layout of :func:`~diffmem.dynamics.training.train`).
     group_dir : path
@@ -96,8 +96,6 @@ def train_ensemble(
     if len(run_dirs) != len(cfgs):
         raise ValueError(f"got {len(cfgs)} configurations but {len(run_dirs)} run folders")
     _check_members(cfgs)
-    if len({c.n for c in cfgs}) > 1 and not cfgs[0].batch_replacement and any(c.batch_size == c.n for c in cfgs):
-        raise ValueError("members of different n need one batch size (--batch-replacement, or below the smallest n)")
     dev = resolve_device(device)
     dirs = [Path(d) for d in run_dirs]
     group = Path(group_dir)
@@ -122,6 +120,8 @@ def train_ensemble(
         torch.manual_seed(cfgs[0].seed + 2)
         if state_path.exists():
             start = _restore_state(io.load_tensors(state_path)[0], state_path, stacked, opt, gens)
+            for d in dirs:
+                truncate_log(d / "train_log.jsonl", start)
         _loop(cfgs, dirs, group, batched, stacked, buffers, opt, gens, splits, start, progress)
     return dirs
 

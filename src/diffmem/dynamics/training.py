@@ -37,6 +37,7 @@ __all__ = [
     "load_checkpoint",
     "load_split",
     "train",
+    "truncate_log",
 ]
 
 
@@ -219,13 +220,17 @@ def train(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed + 2)
         start = restore_training_state(io.load_tensors(state_path)[0], model, opt, gen) if state_path.exists() else 0
-        log = run_dir / "train_log.jsonl"
-        if start and log.exists():  # drop what was logged after the state we resume from
-            io.atomic_write_bytes(
-                log, "".join(json.dumps(r) + "\n" for r in io.read_jsonl(log) if r["step"] <= start).encode()
-            )
+        truncate_log(run_dir / "train_log.jsonl", start)
         _loop(cfg, run_dir, model, opt, gen, sp, start, progress)
     return run_dir
+
+
+def truncate_log(log: Path, step: int) -> None:
+    """Drop the lines of a ``train_log.jsonl`` logged after ``step`` (the state a run resumes from)."""
+    if step and log.exists():
+        io.atomic_write_bytes(
+            log, "".join(json.dumps(r) + "\n" for r in io.read_jsonl(log) if r["step"] <= step).encode()
+        )
 
 
 def _loop(cfg, run_dir, model, opt, gen, sp, start, progress) -> None:
