@@ -147,3 +147,18 @@ def test_tau_gen_smoothing_ignores_a_single_low_outlier():
     assert smooth == pytest.approx(expected, rel=1e-9)
     with pytest.raises(ValueError, match="gen_smooth must be an odd positive integer"):
         TimeRules(gen_smooth=2).validate()
+
+
+def test_tau_gen_before_mem_ignores_a_late_dip():
+    steps = [10.0, 100.0, 1000.0, 10000.0, 100000.0]
+    curve = [
+        dict(step=s, f_mem=f, f_mem_ci=[f, f], quality=q, loss_test=1.0)
+        for s, f, q in zip(steps, [0, 0, 0, 0.2, 0.5], [20.0, 8.0, 7.0, 7.5, 1.0])
+    ]
+    late = analyze_run(32, curve)  # q_best = 1 (after memorization): target 2.9 only reached at the end
+    assert late.tau_gen > 10000
+    early = analyze_run(32, curve, TimeRules(gen_before_mem=True))  # q_best = 7 before tau_mem
+    assert early.tau_mem == pytest.approx(math.exp(math.log(1000) + 0.05 * math.log(10)))  # 0.01 of the way to 0.2
+    target = 7 + 0.1 * 13
+    frac = (target - 20) / (8 - 20)
+    assert early.tau_gen == pytest.approx(math.exp(math.log(10) + frac * math.log(10)))

@@ -61,6 +61,8 @@ class TimeRules:
     """tau_mem: the crossing must hold for this many further checkpoints (where they exist)."""
     gen_smooth: int = 1
     """tau_gen: running median over this many consecutive (log-spaced) checkpoints before the rule (1: none)."""
+    gen_before_mem: bool = False
+    """tau_gen: take the best quality before tau_mem only (memorized samples can lower the distance again later)."""
 
     def validate(self) -> None:
         if not 0 < self.mem_threshold < 1:
@@ -326,11 +328,12 @@ def analyze_run(n: int, curve: Sequence[dict], rules: TimeRules = TimeRules(), s
     """tau_gen, tau_mem, the test-loss minimum and the final f_mem of one run's curve."""
     pts = sorted(curve, key=lambda c: c["step"])
     steps = [c["step"] for c in pts]
+    t_mem = tau_mem(steps, [c["f_mem_ci"][0] for c in pts], rules)
     return RunTimes(
         n=int(n),
         subset=int(subset),
-        tau_gen=tau_gen(steps, [c["quality"] for c in pts], rules),
-        tau_mem=tau_mem(steps, [c["f_mem_ci"][0] for c in pts], rules),
+        tau_gen=tau_gen(steps, [c["quality"] for c in pts], rules, until=t_mem if rules.gen_before_mem else None),
+        tau_mem=t_mem,
         tau_test_min=tau_test_min(steps, [c["loss_test"] for c in pts]),
         f_mem_final=pts[-1]["f_mem"] if pts else None,
         curve=tuple(pts),
