@@ -27,6 +27,7 @@ def step_speed(threads: int, n: int = 256, width: int = 256, steps: int = 200) -
 
     torch.set_num_threads(threads)
     with tempfile.TemporaryDirectory() as d:
+        train(TrainConfig(n=n, width=width, steps=10, checkpoints=1), Path(d) / "warm-up")  # data, torch start-up
         cfg = TrainConfig(n=n, width=width, steps=steps, checkpoints=1, resume_every=10**9, log_every=steps)
         t = time.perf_counter()
         train(cfg, Path(d) / "r")
