@@ -19,7 +19,6 @@ _CSS = (
     "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 10px;text-align:right}"
     "img{max-width:100%}figure{margin:1.5em 0}figcaption{color:#666;font-size:90%}"
     "pre{background:#f6f6f6;padding:1em;overflow:auto;font-size:80%}"
-    ".warn{background:#fff4e0;border-left:4px solid #e69500;padding:0.5em 1em}"
 )
 
 

@@ -23,7 +23,6 @@ if TYPE_CHECKING:
 __all__ = [
     "append_jsonl",
     "atomic_write_bytes",
-    "float_or_none",
     "jsonable",
     "load_tensors",
     "read_json",
@@ -54,7 +53,7 @@ def jsonable(obj: Any) -> Any:
 
     One convention for non-finite numbers everywhere in diffmem's files: ``+inf`` is written as the
     string ``"inf"``, ``-inf`` as ``"-inf"`` (an infinite training time is a value, not a gap) and
-    NaN as ``null`` (a quantity that was not measured). :func:`float_or_none` reads them back.
+    NaN as ``null`` (a quantity that was not measured).
     """
     if isinstance(obj, Mapping):
         return {str(k): jsonable(v) for k, v in obj.items()}
@@ -79,13 +78,6 @@ def jsonable(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
     return obj
-
-
-def float_or_none(v: Any) -> float | None:
-    """Inverse of :func:`jsonable` for one number: ``"inf"``/``"-inf"`` become infinities, ``None`` stays."""
-    if v is None:
-        return None
-    return float(v)
 
 
 def write_json(path: str | Path, obj: Any) -> None:

@@ -2,9 +2,9 @@
 
 The K members (for example the disjoint training subsets of one size) have their weights stacked
 (``torch.func.stack_module_state``) and run through one batched forward and backward per step, so
-the per-step overhead of a small model is paid once instead of K times. For the residual MLP the
-batched forward is written out with batched matrix products (``torch.baddbmm``), one kernel per
-layer for all members; any other model goes through ``torch.func.vmap`` over ``functional_call``.
+the per-step overhead of a small model is paid once instead of K times. The batched forward of the
+residual MLP is written out with batched matrix products (``torch.baddbmm``), one kernel per layer
+for all members (ensembles are built for the MLP only).
 Adam and SGD update every element independently, so one optimizer over the
 stacked weights is exactly K independent optimizers: the members do not interact.
 
@@ -19,7 +19,6 @@ one by one up to floating-point rounding of the batched kernels (tested).
 
 from __future__ import annotations
 
-import copy
 import functools
 import math
 import time
@@ -94,7 +93,7 @@ def train_ensemble(
     list of Path
         The run folders.
     """
-    from torch.func import functional_call, stack_module_state, vmap
+    from torch.func import stack_module_state
 
     cfgs = [c.resolved() for c in cfgs]
     if len(run_dirs) != len(cfgs):
@@ -108,15 +107,11 @@ def train_ensemble(
         claim_folder(d, c)
         (d / "checkpoints").mkdir(exist_ok=True)
     models = [build_model(c, s.shape).to(dev).train() for c, s in zip(cfgs, splits)]
-    params, buffers = stack_module_state(models)
-    base = copy.deepcopy(models[0]).to("meta")
-
-    def forward(p: dict, b: dict, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return functional_call(base, (p, b), (x, t))
-
-    batched: Callable = vmap(forward)
-    if isinstance(models[0], ResidualMLP) and models[0].cond is None:
-        batched = functools.partial(stacked_mlp, width=models[0].width, blocks=len(models[0].blocks))
+    params, _ = stack_module_state(models)  # the MLP has no buffers
+    net = models[0]
+    if not isinstance(net, ResidualMLP) or net.cond is not None:
+        raise ValueError("ensembles are built for the unconditional residual MLP; train other models as separate runs")
+    batched = functools.partial(stacked_mlp, width=net.width, blocks=len(net.blocks))
     stacked = torch.nn.ParameterDict({k.replace(".", "__"): torch.nn.Parameter(v) for k, v in params.items()})
     opt = make_optimizer(cfgs[0], list(stacked.values()))
     gens = [torch.Generator().manual_seed(c.seed + 1) for c in cfgs]
@@ -128,12 +123,12 @@ def train_ensemble(
             start = _restore_state(io.load_tensors(state_path)[0], state_path, stacked, opt, gens)
             for d in dirs:
                 truncate_log(d / "train_log.jsonl", start)
-        _loop(cfgs, dirs, group, batched, stacked, buffers, opt, gens, splits, start, progress)
+        _loop(cfgs, dirs, group, batched, stacked, opt, gens, splits, start, progress)
     return dirs
 
 
 def stacked_mlp(
-    params: dict[str, torch.Tensor], buffers: dict, x: torch.Tensor, t: torch.Tensor, *, width: int, blocks: int
+    params: dict[str, torch.Tensor], x: torch.Tensor, t: torch.Tensor, *, width: int, blocks: int
 ) -> torch.Tensor:
     """K unconditional :class:`~diffmem.models.ResidualMLP` at once: ``x`` (K, B, ...), ``t`` (K, B).
 
@@ -174,7 +169,7 @@ def _member_tensors(stacked: torch.nn.ParameterDict, i: int) -> dict[str, torch.
     return {k.replace("__", "."): v.detach()[i] for k, v in stacked.items()}
 
 
-def _loop(cfgs, dirs, group, batched, stacked, buffers, opt, gens, splits, start, progress) -> None:
+def _loop(cfgs, dirs, group, batched, stacked, opt, gens, splits, start, progress) -> None:
     cfg = cfgs[0]
     dev = next(iter(stacked.values())).device
     ab = cfg.schedule().alphas_cumprod.to(torch.float32)
@@ -195,7 +190,7 @@ def _loop(cfgs, dirs, group, batched, stacked, buffers, opt, gens, splits, start
         a = ab[k].to(dev).reshape(*k.shape, *([1] * (x0.ndim - 2)))
         xk = a.sqrt() * x0 + (1.0 - a).sqrt() * eps
         params = {name.replace("__", "."): stacked[name] for name in names}
-        pred = batched(params, buffers, xk, k.to(dev, torch.float32))
+        pred = batched(params, xk, k.to(dev, torch.float32))
         per_member = ((pred - eps) ** 2).flatten(1).mean(1)
         opt.zero_grad(set_to_none=True)
         per_member.sum().backward()
