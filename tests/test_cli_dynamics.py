@@ -74,6 +74,20 @@ def test_rerun_resumes_without_redoing_work(study, capsys):
     assert (run / "metrics.jsonl").read_text() == lines
 
 
+def test_other_analysis_rules_reanalyse_without_retraining(study, capsys):
+    import json
+
+    run = study / "runs" / "n_00032"
+    mtimes = {p: p.stat().st_mtime_ns for p in (run / "checkpoints").glob("*.safetensors")}
+    assert main(["dynamics", "--out", str(study), *TINY, "--gen-smooth", "1", "--no-gen-before-mem"]) == 0
+    assert {p: p.stat().st_mtime_ns for p in (run / "checkpoints").glob("*.safetensors")} == mtimes
+    res = json.loads((study / "results.json").read_text())
+    assert res["rules"]["gen_smooth"] == 1 and res["rules"]["gen_before_mem"] is False
+    assert json.loads((study / "config.json").read_text())["rules"]["gen_smooth"] == 1
+    assert main(["dynamics", "--out", str(study), *TINY]) == 0  # and back to the defaults
+    assert json.loads((study / "results.json").read_text())["rules"]["gen_smooth"] == 3
+
+
 def test_other_configuration_in_same_folder_is_refused(study, capsys):
     args = [a if a != "32" else "48" for a in TINY]  # width 32 -> 48 changes the configuration
     assert main(["dynamics", "--out", str(study), *args]) == 2

@@ -27,10 +27,14 @@ def to_dict(cfg: Any) -> dict:
     return io.jsonable(asdict(cfg))
 
 
-def claim_folder(folder: Path, cfg: Any, *, name: str = "config.json", overwrite: bool = False) -> None:
+def claim_folder(
+    folder: Path, cfg: Any, *, name: str = "config.json", overwrite: bool = False, analysis_only: tuple[str, ...] = ()
+) -> None:
     """Write ``cfg`` to ``folder/name``, or check that an existing one matches (so a run resumes).
 
     A folder that holds another configuration's run is refused, never mixed or overwritten silently.
+    Top-level keys named in ``analysis_only`` only change how finished runs are analysed: when they
+    alone differ, the saved configuration is updated and the runs are kept (re-analysis).
     """
     folder = Path(folder)
     path = folder / name
@@ -39,6 +43,9 @@ def claim_folder(folder: Path, cfg: Any, *, name: str = "config.json", overwrite
         have = io.read_json(path)
         if have != want:
             diff = sorted(k for k in set(have) | set(want) if have.get(k) != want.get(k))
+            if set(diff) <= set(analysis_only):
+                io.write_json(path, want)
+                return
             raise ValueError(
                 f"{folder} already holds a run with another configuration (differs in: {', '.join(diff)}); "
                 "use a new --out folder, or the same settings to resume it"

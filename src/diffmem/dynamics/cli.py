@@ -62,6 +62,11 @@ def cmd_dynamics(args: argparse.Namespace) -> int:
         )
     else:
         print("\ntau_mem was reached for fewer than two sizes: no scaling fit (train longer: --steps-per-n)")
+    ef = res.analysis.excess_fit
+    if ef is not None and ef.exponent is not None:
+        lo, hi = ef.exponent_ci
+        ci_s = f"[{lo:.2f}, {hi:.2f}]" if lo is not None and hi is not None else "n/a"
+        print(f"tau_mem - tau_gen ~ n^{ef.exponent:.3f}  (95% CI {ci_s}, R^2 = {ef.r2:.3f}; {ef.points} runs)")
     gf = res.tau_gen_fit
     if gf.exponent is not None:
         lo, hi = gf.exponent_ci
@@ -77,6 +82,11 @@ def cmd_dynamics(args: argparse.Namespace) -> int:
         )
     elif cf is not None:
         print("collapse: no f_mem level was reached by every run; no collapse exponent")
+    ce = res.collapse_excess
+    if ce is not None and ce.alpha is not None:
+        lo, hi = ce.alpha_ci
+        ci_s = f"[{lo:.2f}, {hi:.2f}]" if lo is not None and hi is not None else "n/a"
+        print(f"collapse against (tau - tau_gen)/n^alpha: alpha = {ce.alpha:.3f} (95% CI {ci_s})")
     for b in res.by_k:
         e = f"{b.fit.exponent:.3f}" if b.fit.exponent is not None else "n/a"
         print(f"k = {b.k:.3g}: tau_mem ~ n^{e} ({sum(t is not None for t in b.tau_mem)}/{len(b.tau_mem)} runs reached)")

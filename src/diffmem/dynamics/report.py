@@ -122,8 +122,12 @@ def dynamics_figures(results: dict, folder: str | Path) -> dict[str, Path]:
         ("tau_mem", "fit", "o", "τ_mem"),
         ("tau_gen", "tau_gen_fit", "s", "τ_gen"),
         ("tau_test_min", None, "^", "argmin L_test"),
+        ("excess", "excess_fit", "D", "τ_mem − τ_gen"),
     ):
-        pts = [(r["n"], r[key]) for r in runs if r.get(key)]
+        if key == "excess":
+            pts = [(r["n"], r["tau_mem"] - r["tau_gen"]) for r in runs if _excess_ok(r)]
+        else:
+            pts = [(r["n"], r[key]) for r in runs if r.get(key)]
         if not pts:
             continue
         (line,) = ax.plot(*zip(*pts), mk, ms=6, alpha=0.8, label=lab)
@@ -145,6 +149,10 @@ def dynamics_figures(results: dict, folder: str | Path) -> dict[str, Path]:
     _legend(ax)
     out["timescales"] = save_png(fig, folder / "timescales.png")
     return out
+
+
+def _excess_ok(run: dict) -> bool:
+    return bool(run.get("tau_mem") and run.get("tau_gen") and run["tau_mem"] > run["tau_gen"])
 
 
 def sample_grid(rows: Sequence[tuple[str, np.ndarray, np.ndarray]], path: str | Path, title: str = "") -> Path:
@@ -217,6 +225,16 @@ def write_html(
         f"collapse: f_mem curves coincide against τ/n<sup>α</sup> at α = {fmt(col.get('alpha'))}, "
         f"{ci(col, 'alpha_ci')} ({col.get('levels_used', 0)} shared f_mem levels)",
     ]
+    efit = results.get("excess_fit") or {}
+    if efit.get("exponent") is not None:
+        lines.insert(
+            1,
+            f"τ_mem − τ_gen ∝ n<sup>{fmt(efit.get('exponent'))}</sup>, {ci(efit, 'exponent_ci')}, "
+            f"R² = {fmt(efit.get('r2'))} (time spent memorizing after generation is learned)",
+        )
+    cex = col.get("excess") or {}
+    if cex.get("alpha") is not None:
+        lines.append(f"collapse against (τ − τ_gen)/n<sup>α</sup>: α = {fmt(cex['alpha'])}, {ci(cex, 'alpha_ci')}")
     for key, b in (results.get("by_k") or {}).items():
         lines.append(f"k = {key}: τ_mem ∝ n<sup>{fmt(b.get('exponent'))}</sup>, {ci(b, 'exponent_ci')}")
     fit_line = "<br>".join(lines)

@@ -117,6 +117,10 @@ PRESETS: dict[str, StudyConfig] = {
 """Named studies for ``diffmem dynamics --preset NAME``; flags given on the command line override them."""
 
 
+ANALYSIS_ONLY = ("rules", "ks", "collapse_levels")
+"""StudyConfig fields that only change the analysis: a folder may be re-analysed with other values."""
+
+
 def study_jobs(cfg: StudyConfig, out: Path, device: str = "cpu") -> list[Job]:
     """One job per size, largest first (the longest runs start first, which balances the workers);
     the subsets of a size are trained together as one vectorized ensemble."""
@@ -180,6 +184,8 @@ class StudyResult:
     """tau_mem and its exponent at each ratio threshold k of the configuration."""
     elapsed_seconds: float | None = None
     """Wall time of the call that finished the study."""
+    collapse_excess: CollapseFit | None = None
+    """The same collapse against (tau - tau_gen) / n^alpha, each run's tau_gen subtracted."""
 
     @property
     def runs(self) -> tuple[RunTimes, ...]:
@@ -205,6 +211,8 @@ class StudyResult:
         out = {"config": to_dict(self.config), **self.analysis.to_dict()}
         if self.collapse_fit is not None:
             out["collapse"] = {**out["collapse"], **self.collapse_fit.to_dict()}
+        if self.collapse_excess is not None:
+            out["collapse"]["excess"] = self.collapse_excess.to_dict()
         if self.by_k:
             out["by_k"] = {f"{b.k:.4g}": b.to_dict() for b in self.by_k}
         if self.elapsed_seconds is not None:
@@ -254,10 +262,19 @@ def write_outputs(
         [replace(r, run_dir=cfg.run_dir(r.n, r.subset), steps=cfg.steps_for(r.n)) for r in analysis.runs]
     )
     samples = [_run_samples(cfg, out, r) for r in analysis.runs]
-    col = collapse_fit(
-        samples, cfg.eval.k, cfg.collapse_levels, persist=cfg.rules.persist, n_boot=cfg.eval.n_boot, seed=cfg.eval.seed
+    col, col_excess = (
+        collapse_fit(
+            samples,
+            cfg.eval.k,
+            cfg.collapse_levels,
+            persist=cfg.rules.persist,
+            n_boot=cfg.eval.n_boot,
+            seed=cfg.eval.seed,
+            offsets=offsets,
+        )
+        for offsets in (None, [r.tau_gen for r in analysis.runs])
     )
-    result = StudyResult(cfg, analysis, col, _by_k(cfg, samples), elapsed)
+    result = StudyResult(cfg, analysis, col, _by_k(cfg, samples), elapsed, col_excess)
     results = result.to_dict()
     figs = report.dynamics_figures(results, out / "figures")
     figs["samples"] = _samples_figure(cfg, out, results)
@@ -304,7 +321,9 @@ def run_study(
     out : str or Path
         Output folder. It gets ``config.json``, ``runs/n_XXXXX/`` (one run folder per size),
         ``results.json``, ``figures/*.png`` and ``report.html``. A folder that already holds the
-        same study is resumed; one that holds another configuration is refused.
+        same study is resumed; one that holds another configuration is refused, except when only the
+        analysis settings differ (``rules``, ``ks``, ``collapse_levels``): then the finished runs are
+        kept and analysed again with the new ones.
     workers : int, optional
         Parallel processes (default: one per core, at most one per size).
     show_progress : bool
@@ -330,7 +349,7 @@ def run_study(
     device = str(resolve_device(device))
     out = Path(out)
     check_sizes(cfg)  # fail fast on impossible sizes, before any work
-    claim_folder(out, cfg)
+    claim_folder(out, cfg, analysis_only=ANALYSIS_ONLY)
     t0 = time.time()
     jobs = study_jobs(cfg, out, device)
     res = run_jobs(jobs, workers=workers, show_progress=show_progress)

@@ -41,6 +41,7 @@ __all__ = [
     "analyze_run",
     "collapse",
     "collapse_fit",
+    "excess_time",
     "fit_scaling",
     "level_times",
     "tau_gen",
@@ -59,9 +60,9 @@ class TimeRules:
     """tau_gen: the quality must come within this fraction of its total improvement of its best value."""
     persist: int = 1
     """tau_mem: the crossing must hold for this many further checkpoints (where they exist)."""
-    gen_smooth: int = 1
+    gen_smooth: int = 3
     """tau_gen: running median over this many consecutive (log-spaced) checkpoints before the rule (1: none)."""
-    gen_before_mem: bool = False
+    gen_before_mem: bool = True
     """tau_gen: take the best quality before tau_mem only (memorized samples can lower the distance again later)."""
 
     def validate(self) -> None:
@@ -308,11 +309,15 @@ class Analysis:
     """max / min of tau_gen across runs."""
     collapse: Collapse
     rules: TimeRules
+    excess_fit: ScalingFit | None = None
+    """tau_mem - tau_gen against n: the time spent memorizing after generation is learned (runs where
+    both were reached and tau_mem > tau_gen)."""
 
     def to_dict(self) -> dict:
         return {
             "runs": [r.to_dict() for r in self.runs],
             "fit": self.fit.to_dict(),
+            "excess_fit": None if self.excess_fit is None else self.excess_fit.to_dict(),
             "tau_gen_fit": self.tau_gen_fit.to_dict(),
             "tau_gen_spread": self.tau_gen_spread,
             "collapse": self.collapse.to_dict(),
@@ -375,7 +380,20 @@ def analyze(
         tau_gen_spread=(max(gens) / min(gens)) if len(gens) >= 2 else None,
         collapse=collapse(out_runs),
         rules=rules,
+        excess_fit=fit_scaling([r.n for r in out_runs], [excess_time(r) for r in out_runs]),
     )
+
+
+def excess_time(run: RunTimes) -> float | None:
+    """tau_mem - tau_gen of one run (None unless both were reached and tau_mem > tau_gen).
+
+    tau_mem grows as ``tau_0 + c * n`` when memorization can only start once generation is
+    learned; the excess removes the offset ``tau_0`` that bends a log-log fit of tau_mem below
+    slope 1 at small n.
+    """
+    if run.tau_mem is None or run.tau_gen is None or run.tau_mem <= run.tau_gen:
+        return None
+    return run.tau_mem - run.tau_gen
 
 
 # ------------------------------------------------------------------------------------------------
@@ -474,6 +492,7 @@ def collapse_fit(
     persist: int = 1,
     n_boot: int = 1000,
     seed: int = 0,
+    offsets: Sequence[float | None] | None = None,
 ) -> CollapseFit:
     """Estimate alpha such that f_mem(tau / n^alpha) coincide, with a bootstrap interval.
 
@@ -494,12 +513,19 @@ def collapse_fit(
         f_mem levels, fixed before measuring.
     persist, n_boot, seed
         Checkpoints a crossing must hold for; bootstrap replicates; its seed.
+    offsets : sequence of float or None, optional
+        One time per run subtracted from its level times before the fit (e.g. its tau_gen: the
+        curves then coincide against (tau - tau_gen) / n^alpha). A level reached before its run's
+        offset, or a run without offset, counts as not reached. The offsets are held fixed in the
+        bootstrap.
 
     Returns
     -------
     CollapseFit
     """
     levels = tuple(float(v) for v in levels)
+    if offsets is not None and len(offsets) != len(runs):
+        raise ValueError(f"got {len(runs)} runs but {len(offsets)} offsets")
     mems = [(np.asarray(r.ratios) < k).astype(np.float64) for r in runs]
     ns = [r.n for r in runs]
 
@@ -507,7 +533,11 @@ def collapse_fit(
         times = []
         for i, c in zip(indices, cols):
             f = mems[i].mean(1) if c is None else mems[i][:, c].mean(1)
-            times.append(level_times(runs[i].steps.tolist(), f.tolist(), levels, persist))
+            t = level_times(runs[i].steps.tolist(), f.tolist(), levels, persist)
+            if offsets is not None:
+                off = offsets[i]
+                t = [None if v is None or off is None or v <= off else v - off for v in t]
+            times.append(t)
         return alpha_from_level_times([ns[i] for i in indices], times)
 
     alpha, used = alpha_of(range(len(runs)), [None] * len(runs))
