@@ -13,6 +13,8 @@ TINY = [
     "32",
     "--steps-per-n",
     "20",
+    "--max-steps-per-n",
+    "20",
     "--min-steps",
     "200",
     "--width",

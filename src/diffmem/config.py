@@ -28,13 +28,20 @@ def to_dict(cfg: Any) -> dict:
 
 
 def claim_folder(
-    folder: Path, cfg: Any, *, name: str = "config.json", overwrite: bool = False, analysis_only: tuple[str, ...] = ()
+    folder: Path,
+    cfg: Any,
+    *,
+    name: str = "config.json",
+    overwrite: bool = False,
+    analysis_only: tuple[str, ...] = (),
+    may_grow: tuple[str, ...] = (),
 ) -> None:
     """Write ``cfg`` to ``folder/name``, or check that an existing one matches (so a run resumes).
 
     A folder that holds another configuration's run is refused, never mixed or overwritten silently.
     Top-level keys named in ``analysis_only`` only change how finished runs are analysed: when they
-    alone differ, the saved configuration is updated and the runs are kept (re-analysis).
+    alone differ, the saved configuration is updated and the runs are kept (re-analysis). Numeric
+    keys named in ``may_grow`` may increase (a training budget that is extended), never decrease.
     """
     folder = Path(folder)
     path = folder / name
@@ -43,7 +50,8 @@ def claim_folder(
         have = io.read_json(path)
         if have != want:
             diff = sorted(k for k in set(have) | set(want) if have.get(k) != want.get(k))
-            if set(diff) <= set(analysis_only):
+            grown = {k for k in diff if k in may_grow and isinstance(have.get(k), int) and want.get(k, 0) > have[k]}
+            if diff and set(diff) <= set(analysis_only) | grown:
                 io.write_json(path, want)
                 return
             raise ValueError(

@@ -53,6 +53,10 @@ def cmd_dynamics(args: argparse.Namespace) -> int:
     fit = res.fit
     print()
     print(table(summary_table(res.to_dict())))
+    short = [r for r in res.runs if r.tau_mem is None or r.tau_gen is None]
+    for r in short:
+        print(f"n = {r.n}, subset {r.subset}: {r.status}")
+    reached = sorted({r.n for r in res.runs if r.tau_mem is not None})
     if fit.exponent is not None:
         lo, hi = fit.exponent_ci
         ci_s = f"[{lo:.2f}, {hi:.2f}]" if lo is not None and hi is not None else "n/a"
@@ -61,7 +65,10 @@ def cmd_dynamics(args: argparse.Namespace) -> int:
             f"tau_mem/n = {fit.tau_mem_over_n:.1f}"
         )
     else:
-        print("\ntau_mem was reached for fewer than two sizes: no scaling fit (train longer: --steps-per-n)")
+        print(
+            f"\ntau_mem was reached at {len(reached)} size(s) {reached or ''}: no scaling exponent "
+            "(it needs 3 sizes; see the lines above for what to change)"
+        )
     ef = res.analysis.excess_fit
     if ef is not None and ef.exponent is not None:
         lo, hi = ef.exponent_ci
@@ -230,7 +237,7 @@ def register(sub: Any) -> None:
         "2 subsets per size. Flags given override the preset's values",
     )
     add_config_flags(p, StudyConfig, title="study (defaults shown are the quick preset's)")
-    add_config_flags(p, TrainConfig, skip=("n", "steps", "seed"), title="training (every size)")
+    add_config_flags(p, TrainConfig, skip=("n", "steps", "seed", "budget_base"), title="training (every size)")
     add_config_flags(p, EvalConfig, prefix="eval_", skip=("seed",), title="evaluation")
     add_config_flags(p, TimeRules, title="rules for tau_gen / tau_mem")
     p.set_defaults(func=cmd_dynamics)

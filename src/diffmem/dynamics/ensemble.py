@@ -38,6 +38,8 @@ __all__ = ["stacked_mlp", "train_ensemble"]
 _SHARED = (
     "model",
     "width",
+    "skip",
+    "budget_base",
     "optimizer",
     "lr",
     "momentum",
@@ -104,7 +106,7 @@ def train_ensemble(
     group = Path(group_dir)
     splits = [load_split(c) for c in cfgs]
     for c, d in zip(cfgs, dirs):
-        claim_folder(d, c)
+        claim_folder(d, c, may_grow=("steps",))
         (d / "checkpoints").mkdir(exist_ok=True)
     models = [build_model(c, s.shape).to(dev).train() for c, s in zip(cfgs, splits)]
     params, _ = stack_module_state(models)  # the MLP has no buffers
@@ -142,12 +144,16 @@ def stacked_mlp(
     def linear(name: str, h: torch.Tensor) -> torch.Tensor:
         return torch.baddbmm(params[f"{name}.bias"].unsqueeze(1), h, params[f"{name}.weight"].transpose(1, 2))
 
-    h = linear("inp", x.reshape(k, b, -1))
+    x_flat = x.reshape(k, b, -1)
+    h = linear("inp", x_flat)
     for i in range(blocks):
         z = torch.nn.functional.layer_norm(h + e, (width,))
         z = z * params[f"blocks.{i}.norm.weight"].unsqueeze(1) + params[f"blocks.{i}.norm.bias"].unsqueeze(1)
         h = h + linear(f"blocks.{i}.fc2", torch.nn.functional.gelu(linear(f"blocks.{i}.fc1", z)))
-    return linear("out", h).reshape(x.shape)
+    out = linear("out", h)
+    if "gain.weight" in params:  # the input-to-output skip of wide data
+        out = out + linear("gain", e) * x_flat
+    return out.reshape(x.shape)
 
 
 def _restore_state(tensors: dict[str, torch.Tensor], path: Path, stacked, opt, gens) -> int:
@@ -173,7 +179,7 @@ def _loop(cfgs, dirs, group, batched, stacked, opt, gens, splits, start, progres
     cfg = cfgs[0]
     dev = next(iter(stacked.values())).device
     ab = cfg.schedule().alphas_cumprod.to(torch.float32)
-    grid = set(checkpoint_steps(cfg.steps, cfg.checkpoints, cfg.first_checkpoint))
+    grid = set(checkpoint_steps(cfg.steps, cfg.checkpoints, cfg.first_checkpoint, cfg.budget_base))
     xs = [s.train.to(dev) for s in splits]
     K = len(cfgs)
     running = [0.0] * K

@@ -15,11 +15,13 @@ import queue as queue_mod
 import traceback
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+from ..io import read_json
 from .ensemble import train_ensemble
 from .evaluate import EvalConfig, measure
+from .timescales import TimeRules, tau_mem
 from .training import TrainConfig, list_checkpoints, train
 
 __all__ = ["Job", "default_workers", "run_job", "run_jobs"]
@@ -41,6 +43,12 @@ class Job:
     """Where the job trains and samples (not part of the runs' configuration)."""
     group_dir: str | None = None
     """Folder of the ensemble's resume state (needed with two or more runs)."""
+    max_steps: int | None = None
+    """Runs that have not memorized at the end of their budget are extended (doubled) up to this."""
+    until_f_mem: float = 0.0
+    """Extend also until f_mem at the last checkpoint reaches this level."""
+    rules: TimeRules | None = None
+    """How tau_mem is read (default rules if None)."""
 
     @property
     def steps(self) -> int:
@@ -60,19 +68,42 @@ def run_job(job: Job, threads: int = 1, q=None) -> dict:
     def report(stage: str):
         return (lambda i, total: q.put((job.name, stage, i, total))) if q is not None else None
 
-    if len(job.train) == 1:
-        train(job.train[0], job.run_dirs[0], progress=report("train"), device=job.device)
-    else:
-        if job.group_dir is None:
-            raise ValueError(f"job {job.name} trains {len(job.train)} runs together and needs a group_dir")
-        train_ensemble(job.train, job.run_dirs, job.group_dir, progress=report("train"), device=job.device)
-    records = []
-    total = len(job.train) * len(list_checkpoints(Path(job.run_dirs[0])))
-    prog = report("measure")
-    for i, (cfg, run_dir) in enumerate(zip(job.train, job.run_dirs)):
-        member_progress = None if prog is None else functools.partial(_offset, prog, i * total // len(job.train), total)
-        records.append(measure(cfg, job.eval, run_dir, progress=member_progress, device=job.device))
-    return {"name": job.name, "records": records}
+    if len(job.train) > 1 and job.group_dir is None:
+        raise ValueError(f"job {job.name} trains {len(job.train)} runs together and needs a group_dir")
+    cfgs = list(job.train)
+    grown = max([cfgs[0].steps, *(_saved_steps(Path(d)) for d in job.run_dirs)])
+    if grown > cfgs[0].steps:  # a run extended before an interruption resumes at its extended budget
+        cfgs = [replace(c, steps=grown) for c in cfgs]
+    while True:
+        if len(cfgs) == 1:
+            train(cfgs[0], job.run_dirs[0], progress=report("train"), device=job.device)
+        else:
+            train_ensemble(cfgs, job.run_dirs, str(job.group_dir), progress=report("train"), device=job.device)
+        records = []
+        total = len(cfgs) * len(list_checkpoints(Path(job.run_dirs[0])))
+        prog = report("measure")
+        for i, (cfg, run_dir) in enumerate(zip(cfgs, job.run_dirs)):
+            member_progress = None if prog is None else functools.partial(_offset, prog, i * total // len(cfgs), total)
+            records.append(measure(cfg, job.eval, run_dir, progress=member_progress, device=job.device))
+        steps = cfgs[0].steps
+        if job.max_steps is None or steps >= job.max_steps or all(_finished(r, job) for r in records):
+            break
+        cfgs = [replace(c, steps=min(2 * steps, job.max_steps)) for c in cfgs]
+    return {"name": job.name, "records": records, "steps": cfgs[0].steps}
+
+
+def _saved_steps(run_dir: Path) -> int:
+    """The budget a run folder was last trained to (0 for a new folder)."""
+    path = run_dir / "config.json"
+    return int(read_json(path).get("steps", 0)) if path.exists() else 0
+
+
+def _finished(records: list[dict], job: Job) -> bool:
+    """Whether a run has measured what it is trained for: tau_mem, and f_mem >= until_f_mem at its end."""
+    rules = job.rules if job.rules is not None else TimeRules()
+    pts = sorted(records, key=lambda r: r["step"])
+    reached = tau_mem([r["step"] for r in pts], [r["f_mem_ci"][0] for r in pts], rules) is not None
+    return bool(pts) and reached and pts[-1]["f_mem"] >= job.until_f_mem
 
 
 def _offset(prog: Callable[[int, int], None], done: int, total: int, i: int, _: int) -> None:

@@ -30,8 +30,12 @@ def dynamics_figures(results: dict, folder: str | Path) -> dict[str, Path]:
     cols = [by_n[r["n"]] for r in runs]
     styles = ["-", "--", ":", "-."]
 
-    def label(r: dict) -> str | None:  # one legend entry per size
-        return f"n={r['n']}" if r.get("subset", 0) == 0 else None
+    missed = {r["n"] for r in runs if not r["tau_mem"]}
+
+    def label(r: dict) -> str | None:  # one legend entry per size; sizes with a run short of tau_mem marked
+        if r.get("subset", 0) != 0:
+            return None
+        return f"n={r['n']}" + (" (τ_mem not reached)" if r["n"] in missed else "")
 
     out: dict[str, Path] = {}
 
@@ -48,13 +52,22 @@ def dynamics_figures(results: dict, folder: str | Path) -> dict[str, Path]:
             axes[0].axvline(r["tau_gen"], color=c, ls=":", lw=1)
         if r["tau_mem"]:
             axes[1].axvline(r["tau_mem"], color=c, ls=":", lw=1)
+        elif len(s):  # the run ended before memorizing: a cross at its last checkpoint
+            axes[1].plot(s[-1], r["curve"][-1]["f_mem"], "x", ms=10, mew=2, color=c)
+    positive = all(p["quality"] > 0 for r in runs for p in r["curve"])
     qname = runs[0]["curve"][0].get("quality_metric", "Fréchet distance") if runs and runs[0]["curve"] else "quality"
-    axes[0].set(xscale="log", yscale="log", xlabel="training step τ", ylabel=qname, title="Quality (dotted: τ_gen)")
+    axes[0].set(
+        xscale="log",
+        yscale="log" if positive else "symlog",  # KID is unbiased and may be slightly negative
+        xlabel="training step τ",
+        ylabel=qname,
+        title="Quality (dotted: τ_gen)",
+    )
     axes[1].set(
         xscale="log",
         xlabel="training step τ",
         ylabel="f_mem (95% bootstrap band)",
-        title="Memorization fraction (dotted: τ_mem)",
+        title="Memorization fraction (dotted: τ_mem; ×: run ended first)",
     )
     for a in axes:
         a.grid(alpha=0.3, which="both")
@@ -182,14 +195,15 @@ def sample_grid(rows: Sequence[tuple[str, np.ndarray, np.ndarray]], path: str | 
 
 
 def summary_table(results: dict) -> list[list[str]]:
-    """One row per run: n, subset, tau_gen, tau_mem, tau_mem/n, argmin L_test, f_mem at the end."""
-    rows = [["n", "subset", "tau_gen", "tau_mem", "tau_mem/n", "argmin L_test", "f_mem final"]]
+    """One row per run: n, subset, steps trained, tau_gen, tau_mem, tau_mem/n, argmin L_test, f_mem at the end."""
+    rows = [["n", "subset", "steps", "tau_gen", "tau_mem", "tau_mem/n", "argmin L_test", "f_mem final"]]
     for r in results["runs"]:
         rows.append(
             [
                 str(r["n"]),
                 str(r.get("subset", 0)),
-                fmt(r["tau_gen"]),
+                str(r["steps"]) if r.get("steps") else "",
+                fmt(r["tau_gen"]) if r["tau_gen"] else "not reached",
                 fmt(r["tau_mem"]) if r["tau_mem"] else "not reached",
                 fmt(r["tau_mem"] / r["n"] if r["tau_mem"] else None),
                 fmt(r.get("tau_test_min")),
@@ -237,6 +251,9 @@ def write_html(
         lines.append(f"collapse against (τ − τ_gen)/n<sup>α</sup>: α = {fmt(cex['alpha'])}, {ci(cex, 'alpha_ci')}")
     for key, b in (results.get("by_k") or {}).items():
         lines.append(f"k = {key}: τ_mem ∝ n<sup>{fmt(b.get('exponent'))}</sup>, {ci(b, 'exponent_ci')}")
+    for r in results.get("runs", []):
+        if not (r.get("tau_mem") and r.get("tau_gen")) and r.get("status"):
+            lines.append(f"<b>n = {r['n']}, subset {r.get('subset', 0)}</b>: {html.escape(r['status'])}")
     fit_line = "<br>".join(lines)
     rules = html.escape(json.dumps(results.get("rules", {})))
     cfg = html.escape(json.dumps(results.get("config", {}), indent=1))

@@ -14,7 +14,9 @@ Rerunning the same command resumes: finished training and evaluated checkpoints 
 
 from __future__ import annotations
 
+import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -65,6 +67,10 @@ class StudyConfig:
     """Ratio thresholds k at which tau_mem and its exponent are also reported (from the same samples)."""
     collapse_levels: tuple[float, ...] = (0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5)
     """f_mem levels whose crossing times give the collapse exponent alpha (those every run reaches)."""
+    max_steps_per_n: float | None = 480.0
+    """Runs not yet memorizing are extended (budget doubled) up to max(min_steps, this * n) (never if <= steps_per_n)"""
+    until_f_mem: float = 0.0
+    """Besides reaching tau_mem, a run is extended until f_mem at its last checkpoint reaches this level."""
 
     def validate(self) -> None:
         if len(self.sizes) < 1 or any(int(n) != n or n < 2 for n in self.sizes):
@@ -77,6 +83,12 @@ class StudyConfig:
             raise ValueError(f"subsets must be a positive integer, got {self.subsets}")
         if not self.ks or any(not 0 < k < 1 for k in self.ks):
             raise ValueError(f"every k must lie in (0, 1), got {self.ks}")
+        if self.max_steps_per_n is not None and not self.max_steps_per_n > 0:
+            raise ValueError(
+                f"max_steps_per_n must be positive, got {self.max_steps_per_n} (set it to steps_per_n to never extend)"
+            )
+        if not 0 <= self.until_f_mem < 1:
+            raise ValueError(f"until_f_mem must lie in [0, 1), got {self.until_f_mem}")
         if not self.collapse_levels or any(not 0 < v < 1 for v in self.collapse_levels):
             raise ValueError(f"every collapse level must lie in (0, 1), got {self.collapse_levels}")
         self.eval.validate()
@@ -85,9 +97,17 @@ class StudyConfig:
     def steps_for(self, n: int) -> int:
         return int(max(self.min_steps, round(self.steps_per_n * n)))
 
+    def max_steps_for(self, n: int) -> int:
+        """The largest budget a run of size n may be extended to."""
+        if self.max_steps_per_n is None:
+            return self.steps_for(n)
+        return int(max(self.steps_for(n), round(self.max_steps_per_n * n)))
+
     def run_config(self, n: int, subset: int = 0) -> TrainConfig:
-        """The resolved configuration of the run of size ``n`` on training subset ``subset``."""
-        return replace(self.train, n=int(n), steps=self.steps_for(n), subset_index=int(subset)).resolved()
+        """The resolved configuration of the run of size ``n`` on training subset ``subset`` (its first
+        budget; an extended run's ``config.json`` holds a larger ``steps``)."""
+        steps = self.steps_for(n)
+        return replace(self.train, n=int(n), steps=steps, budget_base=steps, subset_index=int(subset)).resolved()
 
     def run_dir(self, n: int, subset: int = 0) -> str:
         """The run's folder relative to the study folder: ``runs/n_00064`` (``runs/n_00064_s1`` with subsets)."""
@@ -135,6 +155,9 @@ def study_jobs(cfg: StudyConfig, out: Path, device: str = "cpu") -> list[Job]:
                 tuple(str(out / cfg.run_dir(n, s)) for s in subsets),
                 device,
                 group_dir=str(out / "runs" / f"n_{n:05d}_ensemble") if cfg.subsets > 1 else None,
+                max_steps=cfg.max_steps_for(n),
+                until_f_mem=cfg.until_f_mem,
+                rules=cfg.rules,
             )
         )
     return jobs
@@ -246,6 +269,54 @@ def _by_k(cfg: StudyConfig, samples: list[RunSamples]) -> tuple[ByK, ...]:
     return tuple(out)
 
 
+def annotate_runs(cfg: StudyConfig, out: Path, runs: Sequence[RunTimes]) -> list[RunTimes]:
+    """Each run with its folder, the budget it used, and a statement of what happened: which times
+    were reached, and for a run without tau_mem the steps it would need and what to change."""
+    reached = [r for r in runs if r.tau_mem is not None]
+    est = fit_scaling([r.n for r in reached], [r.tau_mem for r in reached], min_sizes=2)
+    out_runs = []
+    for r in runs:
+        folder = cfg.run_dir(r.n, r.subset)
+        cfg_path = out / folder / "config.json"
+        steps = int(io.read_json(cfg_path)["steps"]) if cfg_path.exists() else cfg.steps_for(r.n)
+        max_steps = cfg.max_steps_for(r.n)
+        extended = f" (extended from {cfg.steps_for(r.n)})" if steps > cfg.steps_for(r.n) else ""
+        needed: float | None = None
+        parts = []
+        if r.tau_mem is not None:
+            parts.append(f"tau_mem reached at {r.tau_mem:.4g} of {steps} steps{extended}")
+        else:
+            lo = r.curve[-1]["f_mem_ci"][0] if r.curve else float("nan")
+            last = "its largest budget" if steps >= max_steps else f"{steps} of at most {max_steps} steps"
+            parts.append(
+                f"tau_mem NOT reached within {steps} steps = {steps / r.n:.0f} n ({last}{extended}; "
+                f"lower bound of f_mem at the end {lo:.3f} < {cfg.rules.mem_threshold})"
+            )
+            if est.exponent is not None and est.prefactor is not None:
+                needed = est.prefactor * r.n**est.exponent
+                how = f"tau_mem ~ {est.prefactor:.3g} n^{est.exponent:.2f} from the sizes that memorized"
+            elif est.tau_mem_over_n is not None:
+                needed = est.tau_mem_over_n * r.n
+                how = f"tau_mem/n = {est.tau_mem_over_n:.3g} at the one size that memorized, taken as constant"
+            if needed is not None and needed > steps:
+                parts.append(
+                    f"about {needed:.3g} steps would be needed ({how}): "
+                    f"use --max-steps-per-n {math.ceil(1.5 * needed / r.n)}"
+                )
+            else:
+                needed = None
+                parts.append(
+                    "no size memorized, so no estimate: give a larger --max-steps-per-n, or make memorization "
+                    "faster with a larger --scale, a wider model (--width) or smaller --sizes"
+                )
+        if r.tau_gen is None:
+            parts.append("tau_gen NOT reached: the quality did not settle within the budget")
+        out_runs.append(
+            replace(r, run_dir=folder, steps=steps, max_steps=max_steps, status="; ".join(parts), steps_needed=needed)
+        )
+    return out_runs
+
+
 def write_outputs(
     cfg: StudyConfig,
     out: Path,
@@ -258,9 +329,7 @@ def write_outputs(
     keys = list(records)
     runs = [(n, [{k: r[k] for k in keep if k in r} for r in records[(n, s)]]) for n, s in keys]
     analysis = analyze(runs, cfg.rules, subsets=[s for _, s in keys])
-    analysis = analysis.with_runs(
-        [replace(r, run_dir=cfg.run_dir(r.n, r.subset), steps=cfg.steps_for(r.n)) for r in analysis.runs]
-    )
+    analysis = analysis.with_runs(annotate_runs(cfg, out, analysis.runs))
     samples = [_run_samples(cfg, out, r) for r in analysis.runs]
     col, col_excess = (
         collapse_fit(

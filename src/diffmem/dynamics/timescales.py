@@ -172,8 +172,13 @@ class ScalingFit:
         }
 
 
-def fit_scaling(ns: Sequence[float], taus: Sequence[float | None], level: float = 0.95) -> ScalingFit:
+def fit_scaling(
+    ns: Sequence[float], taus: Sequence[float | None], level: float = 0.95, min_sizes: int = 3
+) -> ScalingFit:
     """Fit ``log tau = c + exponent * log n`` by least squares over the runs where tau was reached.
+
+    No exponent (None) unless the time was reached at ``min_sizes`` distinct sizes or more: a
+    line through two sizes has no interval and is not presented as a result.
 
     Parameters
     ----------
@@ -183,6 +188,8 @@ def fit_scaling(ns: Sequence[float], taus: Sequence[float | None], level: float 
         The time of each run (None or <= 0 where it was not reached: left out of the fit).
     level : float
         Confidence level of ``exponent_ci``.
+    min_sizes : int
+        The fewest distinct sizes that give an exponent.
 
     Returns
     -------
@@ -199,7 +206,7 @@ def fit_scaling(ns: Sequence[float], taus: Sequence[float | None], level: float 
     pairs = [(float(n), float(t)) for n, t in zip(ns, taus) if t is not None and t > 0]
     ratios = tuple(t / n for n, t in pairs)
     over_n = float(np.exp(np.mean(np.log(ratios)))) if ratios else None
-    if len(pairs) < 2 or len({n for n, _ in pairs}) < 2:
+    if len(pairs) < 2 or len({n for n, _ in pairs}) < max(2, min_sizes):
         return ScalingFit(None, (None, None), None, None, len(pairs), over_n, ratios)
     x = np.log([n for n, _ in pairs])
     y = np.log([t for _, t in pairs])
@@ -276,7 +283,18 @@ class RunTimes:
     run_dir: str | None = None
     """The run folder, relative to the study folder (set by the study)."""
     steps: int | None = None
-    """The run's training budget in steps (set by the study)."""
+    """The run's training budget in steps (set by the study; larger than its first one if extended)."""
+    max_steps: int | None = None
+    """The largest budget the run could be extended to (set by the study)."""
+    status: str | None = None
+    """What happened, in words: both times reached, or what was not and what to change (set by the study)."""
+    steps_needed: float | None = None
+    """Where tau_mem was not reached: the steps the study estimates it would take (None if it cannot tell)."""
+
+    @property
+    def budget_exhausted(self) -> bool:
+        """tau_mem was not reached although the run used its largest budget."""
+        return self.tau_mem is None and self.steps is not None and self.steps >= (self.max_steps or self.steps)
 
     def to_dict(self) -> dict:
         out: dict[str, Any] = {
@@ -292,6 +310,11 @@ class RunTimes:
             out["run_dir"] = self.run_dir
         if self.steps is not None:
             out["steps"] = self.steps
+            out["max_steps"] = self.max_steps
+            out["reached"] = {"tau_gen": self.tau_gen is not None, "tau_mem": self.tau_mem is not None}
+            out["budget_exhausted"] = self.budget_exhausted
+            out["steps_needed"] = self.steps_needed
+            out["status"] = self.status
         return out
 
 

@@ -12,6 +12,7 @@ had never stopped.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import time
@@ -58,13 +59,15 @@ class TrainConfig:
     n_test: int | None = None
     """Held-out examples for the test loss and quality (default: a sixth of the data, at most 2048)."""
     scale: float | None = None
-    """Model space = scale * (pixels - training mean); default 2.0 for the digits, 1.0 otherwise."""
+    """Model space = scale * (pixels - training mean); default 1 / RMS(pixels - mean) of the data (unit variance)."""
     split_seed: int = 0
     """Seed of the shuffle that assigns examples to training subsets and the held-out set."""
     model: str = "mlp"
     """Denoiser: "mlp" (residual MLP) or "unet" (the paper's U-Net; needs a GPU for real sizes)."""
     width: int = 256
     """Hidden width of the MLP, or base channel count W of the U-Net."""
+    skip: str = "auto"
+    """MLP input-to-output skip eps += g(t) x: "on", "off", or "auto" (on when d = pixels per example > width)."""
     optimizer: str = "adam"
     """"adam" or "sgd" (the paper's recipe: lr 0.01, momentum 0.95)."""
     lr: float | None = None
@@ -78,7 +81,9 @@ class TrainConfig:
     steps: int = 10_000
     """Optimizer steps."""
     checkpoints: int = 32
-    """Number of log-spaced checkpoints from first_checkpoint to steps."""
+    """Number of log-spaced checkpoints from first_checkpoint to steps (to budget_base when that is set)."""
+    budget_base: int | None = None
+    """A run extended past its first budget: the grid up to this step, then the same density beyond it."""
     first_checkpoint: int = 10
     """First checkpoint step (early enough to see the quality fall from noise)."""
     resume_every: int = 1000
@@ -95,7 +100,7 @@ class TrainConfig:
     """Seed of the initialisation and of the loop's random draws (batches, steps, noise)."""
 
     def resolved(self) -> TrainConfig:
-        scale = self.scale if self.scale is not None else (2.0 if self.data == "digits" else 1.0)
+        scale = self.scale if self.scale is not None else unit_scale(self.data, self.data_key, self.image_size)
         lr = self.lr if self.lr is not None else {"adam": 1e-3, "sgd": 0.01}.get(self.optimizer, 0.0)
         batch = self.batch_size if self.batch_size is not None else min(self.n, 512)
         cfg = TrainConfig(**{**self.__dict__, "scale": scale, "lr": lr, "batch_size": batch})
@@ -117,6 +122,10 @@ class TrainConfig:
                 f"batch_size must be in [1, n={self.n}] (or any positive size with --batch-replacement), "
                 f"got {self.batch_size}"
             )
+        if self.skip not in models.SKIPS:
+            raise ValueError(f"skip must be one of {models.SKIPS}, got {self.skip!r}")
+        if self.budget_base is not None and not 1 <= self.budget_base <= self.steps:
+            raise ValueError(f"budget_base must lie in [1, steps={self.steps}], got {self.budget_base}")
         if self.lr is not None and not self.lr > 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
 
@@ -124,13 +133,45 @@ class TrainConfig:
         return linear(self.T, self.beta_start, self.beta_end)
 
 
-def checkpoint_steps(steps: int, count: int, first: int = 100) -> list[int]:
-    """About ``count`` distinct integer steps log-spaced from ``first`` to ``steps`` (always included)."""
+def checkpoint_steps(steps: int, count: int, first: int = 100, base: int | None = None) -> list[int]:
+    """About ``count`` distinct integer steps log-spaced from ``first`` to ``steps`` (always included).
+
+    With ``base`` < ``steps`` (a run extended past its first budget ``base``): the grid of ``base``,
+    then points at the same density in log steps beyond it, every doubling ``base * 2^i`` and
+    ``steps``. The grid of a budget is part of the grid of every larger budget of the same base, so
+    extending a run keeps the checkpoints it has.
+    """
+    if base is not None and base < steps:
+        ext = set(checkpoint_steps(base, count, first))
+        first = max(1, min(first, base))
+        per_log = (count - 1) / math.log(base / first) if count > 1 and base > first else 8.0
+        j = 1
+        while (v := round(base * math.exp(j / per_log))) <= steps:
+            ext.add(v)
+            j += 1
+        i = 1
+        while (v := base * 2**i) <= steps:
+            ext.add(v)
+            i += 1
+        return sorted(ext | {steps})
     first = max(1, min(first, steps))
     if count <= 1 or first == steps:
         return [steps]
     grid = torch.logspace(math.log10(first), math.log10(steps), count, dtype=torch.float64).round().long()
     return sorted(set(grid.tolist()) | {steps})
+
+
+@functools.lru_cache(maxsize=32)
+def unit_scale(source: str, key: str | None = None, size: int = 32) -> float:
+    """The default model-space scale of a data set: 1 / RMS of (pixels - per-pixel mean) over all its
+    images, to 3 significant digits, so that the model sees data of unit variance per value
+    (the embedded digits: 3.69)."""
+    images = data.load(source, key=key, size=size)
+    x = images.pixels.double()
+    rms = float((x - x.mean(0)).pow(2).mean().sqrt())
+    if not rms > 0:
+        raise ValueError(f"the data {source!r} are constant (RMS 0 about their mean); give --scale explicitly")
+    return float(f"{1.0 / rms:.3g}")
 
 
 def draw_batch(x: torch.Tensor, b: int, replacement: bool, gen: torch.Generator) -> torch.Tensor:
@@ -157,7 +198,7 @@ def load_split(cfg: TrainConfig) -> data.Split:
 def build_model(cfg: TrainConfig, shape) -> nn.Module:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
-        return models.build(cfg.model, shape, cfg.width)
+        return models.build(cfg.model, shape, cfg.width, cfg.skip)
 
 
 def make_optimizer(cfg: TrainConfig, params: Sequence[torch.Tensor]) -> torch.optim.Optimizer:
@@ -188,7 +229,7 @@ def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
 
 def load_checkpoint(path: Path, cfg: TrainConfig, shape, device: str | torch.device | None = None) -> nn.Module:
     tensors, _ = io.load_tensors(path)
-    model = models.build(cfg.model, shape, cfg.width)
+    model = models.build(cfg.model, shape, cfg.width, cfg.skip)
     try:
         model.load_state_dict(tensors)
     except RuntimeError as e:
@@ -215,7 +256,7 @@ def train(
     dev = resolve_device(device)
     run_dir = Path(run_dir)
     sp = split if split is not None else load_split(cfg)
-    claim_folder(run_dir, cfg)
+    claim_folder(run_dir, cfg, may_grow=("steps",))
     (run_dir / "checkpoints").mkdir(exist_ok=True)
     model = build_model(cfg, sp.shape).to(dev).train()
     opt = make_optimizer(cfg, list(model.parameters()))
@@ -243,7 +284,7 @@ def _loop(cfg, run_dir, model, opt, gen, sp, start, progress) -> None:
     dev = next(model.parameters()).device
     ab = cfg.schedule().alphas_cumprod.to(torch.float32)
     state_path = run_dir / "state.safetensors"
-    grid = set(checkpoint_steps(cfg.steps, cfg.checkpoints, cfg.first_checkpoint))
+    grid = set(checkpoint_steps(cfg.steps, cfg.checkpoints, cfg.first_checkpoint, cfg.budget_base))
     x_train, n = sp.train.to(dev), sp.train.shape[0]
     b = int(cfg.batch_size or n)
     log_path = run_dir / "train_log.jsonl"

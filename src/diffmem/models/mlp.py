@@ -30,9 +30,10 @@ def sinusoidal(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.
     return emb
 
 
-def mlp_param_count(d: int, width: int, blocks: int = 3) -> int:
-    """Trainable parameters of the unconditional ResidualMLP: W(2d + 1 + 4*blocks) + d + 2*blocks*W^2."""
-    return width * (2 * d + 1 + 4 * blocks) + d + 2 * blocks * width * width
+def mlp_param_count(d: int, width: int, blocks: int = 3, skip: bool = False) -> int:
+    """Trainable parameters of the unconditional ResidualMLP: W(2d + 1 + 4*blocks) + d + 2*blocks*W^2,
+    plus W + 1 with the skip."""
+    return width * (2 * d + 1 + 4 * blocks) + d + 2 * blocks * width * width + (width + 1 if skip else 0)
 
 
 class _Block(nn.Module):
@@ -49,7 +50,14 @@ class _Block(nn.Module):
 class ResidualMLP(nn.Module):
     """eps-prediction network on inputs of any shape ``(B, *shape)`` (flattened internally)."""
 
-    def __init__(self, shape: Sequence[int], width: int = 256, blocks: int = 3, num_classes: int | None = None):
+    def __init__(
+        self,
+        shape: Sequence[int],
+        width: int = 256,
+        blocks: int = 3,
+        num_classes: int | None = None,
+        skip: bool = False,
+    ):
         super().__init__()
         if width < 2 or blocks < 1:
             raise ValueError(f"width must be >= 2 and blocks >= 1, got width={width}, blocks={blocks}")
@@ -61,10 +69,18 @@ class ResidualMLP(nn.Module):
         self.blocks = nn.ModuleList(_Block(width) for _ in range(blocks))
         self.out = nn.Linear(width, self.d)
         self.cond = nn.Embedding(num_classes + 1, width) if num_classes else None
+        # input-to-output skip: eps_hat += g(t) * x_t with a learned scalar gain g of the time
+        # embedding, zero at initialisation. Without it, d values pass through `width` units and
+        # the near-identity eps_hat ~ x_t of large t cannot be represented when d > width.
+        self.gain = nn.Linear(width, 1) if skip else None
+        if self.gain is not None:
+            nn.init.zeros_(self.gain.weight)
+            nn.init.zeros_(self.gain.bias)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
         b = x.shape[0]
         e = sinusoidal(t.reshape(-1).expand(b) if t.numel() == 1 else t, self.width).to(x.dtype)
+        gain = self.gain(e) if self.gain is not None else None
         if self.cond is not None:
             if cond is None:
                 cond = torch.full((b,), int(self.num_classes or 0), dtype=torch.long, device=x.device)
@@ -74,4 +90,7 @@ class ResidualMLP(nn.Module):
         h = self.inp(x.reshape(b, self.d))
         for block in self.blocks:
             h = block(h, e)
-        return self.out(h).reshape(x.shape)
+        out = self.out(h)
+        if gain is not None:
+            out = out + gain * x.reshape(b, self.d)
+        return out.reshape(x.shape)
