@@ -303,8 +303,14 @@ def annotate_runs(cfg: StudyConfig, out: Path, runs: Sequence[RunTimes]) -> list
                     f"about {needed:.3g} steps would be needed ({how}): "
                     f"use --max-steps-per-n {math.ceil(1.5 * needed / r.n)}"
                 )
-            else:
+            elif needed is not None:
+                parts.append(
+                    f"the sizes that memorized predict {needed:.3g} steps ({how}), fewer than this run trained: "
+                    "it memorizes later than they predict; give at least "
+                    f"--max-steps-per-n {math.ceil(2 * steps / r.n)}"
+                )
                 needed = None
+            else:
                 parts.append(
                     "no size memorized, so no estimate: give a larger --max-steps-per-n, or make memorization "
                     "faster with a larger --scale, a wider model (--width) or smaller --sizes"
