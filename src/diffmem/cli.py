@@ -19,6 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
     from . import __version__
     from .audit import cli as audit_cli
     from .dynamics import cli as dynamics_cli
+    from .dynamics import predict as predict_cli
     from .theory import cli as theory_cli
 
     parser = argparse.ArgumentParser(
@@ -27,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"diffmem {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     dynamics_cli.register(sub)
+    predict_cli.register(sub)
     theory_cli.register(sub)
     audit_cli.register(sub)
     return parser
