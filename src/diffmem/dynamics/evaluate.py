@@ -6,6 +6,10 @@ already there, so an interrupted evaluation resumes) and keeps the samples of ev
 
 The initial noise of sample i is drawn from its own seed (``seed * 1_000_003 + i``), so every
 checkpoint is sampled from the same x_T and results do not depend on the batch size.
+
+Quality is the Fréchet distance to the held-out images when there are at least
+:data:`FRECHET_MIN_IMAGES_PER_DIM` of them per feature dimension, else the kernel distance (KID),
+which stays unbiased on a small held-out set (``EvalConfig.quality`` overrides the choice).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -23,7 +28,12 @@ from ..data import Split
 from ..metrics import loss_at_time, memorization_fraction
 from .training import TrainConfig, list_checkpoints, load_checkpoint, load_split
 
-__all__ = ["EvalConfig", "measure", "sample_checkpoint"]
+__all__ = ["FRECHET_MIN_IMAGES_PER_DIM", "EvalConfig", "measure", "quality_measure", "sample_checkpoint"]
+
+FRECHET_MIN_IMAGES_PER_DIM = 4
+"""``quality="auto"`` uses the Fréchet distance when the held-out set has at least this many images
+per feature dimension (its covariance is then estimated well enough), else KID. 4 keeps the digits
+(300 held-out images, 64-d features: 4.7 per dimension) on the Fréchet distance."""
 
 
 @dataclass(frozen=True)
@@ -45,7 +55,10 @@ class EvalConfig:
     loss_draws: int = 5
     """Noise draws per example for those losses."""
     features: str = "auto"
-    """Feature space of the Fréchet distance: "auto", "digits", "pixels" or a TorchScript file."""
+    """Feature space of the quality measure: "auto", "digits", "pixels" or a TorchScript file."""
+    quality: Literal["auto", "frechet", "kid"] = "auto"
+    """Quality measure: "frechet" (Fréchet distance), "kid" (kernel distance, unbiased on small held-out
+    sets) or "auto" (Fréchet with at least 4 held-out images per feature dimension, else KID)."""
     batch: int = 1000
     """Samples per sampler batch (results do not depend on it)."""
     seed: int = 0
@@ -54,10 +67,42 @@ class EvalConfig:
     def validate(self) -> None:
         if self.sampler not in ("ddim", "ddpm"):
             raise ValueError(f"sampler must be 'ddim' or 'ddpm', got {self.sampler!r}")
+        if self.quality not in ("auto", "frechet", "kid"):
+            raise ValueError(f"quality must be 'auto', 'frechet' or 'kid', got {self.quality!r}")
         if self.samples < 2:
             raise ValueError(f"samples must be >= 2, got {self.samples}")
         if not 0 < self.k < 1:
             raise ValueError(f"k must lie in (0, 1), got {self.k}")
+
+
+def quality_measure(quality: str, n_heldout: int, dim: int) -> str:
+    """The measure ``quality`` stands for on a held-out set of ``n_heldout`` images in a ``dim``-d space.
+
+    Parameters
+    ----------
+    quality : {"auto", "frechet", "kid"}
+        ``EvalConfig.quality``.
+    n_heldout : int
+        Number of held-out (reference) images.
+    dim : int
+        Feature dimension D.
+
+    Returns
+    -------
+    str
+        ``"frechet"`` or ``"kid"``: "auto" gives the Fréchet distance when ``n_heldout >=
+        FRECHET_MIN_IMAGES_PER_DIM * dim``, else KID.
+
+    Examples
+    --------
+    >>> quality_measure("auto", 300, 64), quality_measure("auto", 30, 64), quality_measure("kid", 300, 64)
+    ('frechet', 'kid', 'kid')
+    """
+    if quality not in ("auto", "frechet", "kid"):
+        raise ValueError(f"quality must be 'auto', 'frechet' or 'kid', got {quality!r}")
+    if quality != "auto":
+        return quality
+    return "frechet" if n_heldout >= FRECHET_MIN_IMAGES_PER_DIM * dim else "kid"
 
 
 def sample_checkpoint(model: torch.nn.Module, cfg: TrainConfig, ev: EvalConfig, shape) -> torch.Tensor:
@@ -89,8 +134,10 @@ def measure(
     """Evaluate the checkpoints of ``run_dir`` not yet in ``metrics.jsonl``; returns all records.
 
     The model samples and computes its losses on ``device`` (default CPU); the memorization
-    statistics and Fréchet distances are computed on the CPU in float64."""
+    statistics and quality (Fréchet distance or KID, see :func:`quality_measure`) are computed on
+    the CPU in float64."""
     from ..metrics.frechet import feature_space, frechet
+    from ..metrics.kid import kid
 
     cfg = cfg.resolved()
     ev.validate()
@@ -104,6 +151,9 @@ def measure(
     metrics_path = run_dir / "metrics.jsonl"
     done = {r["step"] for r in io.read_jsonl(metrics_path)}
     real = sp.to_pixels(sp.test).clamp(0, 1)
+    which = quality_measure(ev.quality, len(real), space(real).shape[1])
+    quality_fn = frechet if which == "frechet" else kid
+    metric = f"{which}[{space.name}]"
     dev = resolve_device(device)
     train_dev, test_dev = sp.train.to(dev), sp.test.to(dev)
     sched = cfg.schedule()
@@ -112,13 +162,13 @@ def measure(
         model = load_checkpoint(path, cfg, sp.shape, device=dev)
         x = sample_checkpoint(model, cfg, ev, sp.shape)
         mem = memorization_fraction(x, sp.train, ev.k, n_boot=ev.n_boot, seed=ev.seed)
-        quality = frechet(sp.to_pixels(x).clamp(0, 1), real, space)
+        quality = quality_fn(sp.to_pixels(x).clamp(0, 1), real, space)
         rec = {
             "step": step,
             "f_mem": mem.value,
             "f_mem_ci": list(mem.ci),
             "quality": quality,
-            "quality_metric": f"frechet[{space.name}]",
+            "quality_metric": metric,
             "loss_train": loss_at_time(model, train_dev, sched, ev.loss_t, ev.loss_draws, seed=ev.seed),
             "loss_test": loss_at_time(model, test_dev, sched, ev.loss_t, ev.loss_draws, seed=ev.seed),
             "median_ratio": float(np.median(mem.ratios)),

@@ -125,12 +125,15 @@ PRESETS: dict[str, StudyConfig] = {
     # the quick default: onset of memorization at 4 sizes, one subset each (about 12 minutes on 2 cores)
     "quick": StudyConfig(),
     # into the memorization regime: 4 sizes spanning 8x, 2 disjoint subsets each, model space
-    # 4 (pixels - mean) (memorizes ~3x sooner per example than 2x), 800 n steps (docs/dynamics.md)
+    # 4 (pixels - mean) (memorizes ~3x sooner per example than 2x), 800 n steps, a run short of
+    # f_mem = 0.5 extended once to 1600 n (docs/dynamics.md)
     "full": StudyConfig(
         sizes=(16, 32, 64, 128),
         subsets=2,
         steps_per_n=800.0,
         min_steps=4000,
+        max_steps_per_n=1600.0,
+        until_f_mem=0.5,
         train=TrainConfig(scale=4.0, checkpoints=40),
     ),
 }

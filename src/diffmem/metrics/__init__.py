@@ -1,6 +1,7 @@
-"""Metrics: memorization fraction, Fréchet distance in a stated feature space, losses at fixed t."""
+"""Metrics: memorization fraction, Fréchet distance and KID in a stated feature space, losses at fixed t."""
 
 from .frechet import FrechetDistance, feature_space, frechet, frechet_distance
+from .kid import kid, kid_from_features
 from .losses import eps_loss, loss_at_time
 from .memorization import (
     MemorizationFraction,
@@ -19,6 +20,8 @@ __all__ = [
     "feature_space",
     "frechet",
     "frechet_distance",
+    "kid",
+    "kid_from_features",
     "loss_at_time",
     "memorization_fraction",
     "nearest_two",
