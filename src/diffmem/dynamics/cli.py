@@ -66,7 +66,8 @@ def cmd_dynamics(args: argparse.Namespace) -> int:
         )
     else:
         print(
-            f"\ntau_mem was reached at {len(reached)} size(s) {reached or ''}: no scaling exponent "
+            f"\ntau_mem was reached at {len(reached)} size(s){' ' + str(reached) if reached else ''}: "
+            "no scaling exponent "
             "(it needs 3 sizes; see the lines above for what to change)"
         )
     ef = res.analysis.excess_fit
@@ -181,6 +182,10 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 
 def cmd_measure(args: argparse.Namespace) -> int:
+    from ..external.cli import cmd_measure_model, model_flags_given
+
+    if model_flags_given(args):  # --model PATH: a model diffmem did not train (docs/measure.md)
+        return cmd_measure_model(args)
     from tqdm.auto import tqdm
 
     from .evaluate import measure
@@ -256,7 +261,13 @@ def register(sub: Any) -> None:
     add_config_flags(p, EvalConfig, prefix="eval_", skip=("seed",), title="sampling")
     p.set_defaults(func=cmd_sample)
 
-    p = sub.add_parser("measure", help="evaluate every checkpoint of a run folder (--out) into metrics.jsonl")
+    p = sub.add_parser(
+        "measure",
+        help="evaluate every checkpoint of a run folder (--out) into metrics.jsonl, or any model with --model PATH",
+    )
     add_common(p, "runs/train", seed_help="random seed of samples, bootstrap and loss noise", device=True)
     add_config_flags(p, EvalConfig, prefix="eval_", skip=("seed",), title="evaluation")
+    from ..external.cli import add_model_flags
+
+    add_model_flags(p)
     p.set_defaults(func=cmd_measure)
