@@ -17,6 +17,9 @@ Random-features theory
     :func:`spectral_density` (eigenvalue density of U, Theorem 3.1), :func:`rf_constants`.
 Guided-sampling audit (Kim et al. 2025)
     :func:`run_audit` with :class:`AuditConfig`, :func:`build_testbed`.
+Stop in time
+    :class:`MemorizationMonitor` with :class:`MonitorConfig` (watch any training loop, warn,
+    keep the last checkpoint before the onset of memorization, or stop).
 
 Example
 -------
@@ -45,5 +48,6 @@ _WHERE = {
     "diffmem.theory.constants": ["rf_constants"],
     "diffmem.audit.run": ["AuditConfig", "AuditResult", "run_audit"],
     "diffmem.audit.testbed": ["build_testbed"],
+    "diffmem.monitor": ["MemorizationMonitor", "MonitorConfig"],
 }
 __all__, __getattr__, __dir__ = lazy_exports(__name__, globals(), _WHERE)
