@@ -3,9 +3,10 @@
 The defaults of ``diffmem dynamics`` (model, model-space scale, budget) were chosen on the embedded
 digits. This script cuts a data set of another kind from the two photographs that ship with
 scikit-learn (``sklearn.datasets.load_sample_images``: a temple in China and a flower, 427 x 640
-RGB each): ``--count`` of the non-overlapping square tiles of ``--crop`` pixels (drawn at random, so
-no two images share a pixel), converted to grayscale and block-averaged down to ``--size`` x ``--size``, stored as a user would pass them
-(``.npz`` with one array ``images`` of shape (N, size, size), values in [0, 1]).
+RGB each): ``--count`` of the non-overlapping square tiles of ``--crop`` pixels (drawn at random,
+so no two images share a pixel), converted to grayscale and block-averaged down to ``--size`` x
+``--size``, stored as a user would pass them (``.npz`` with one array ``images`` of shape
+(N, size, size), values in [0, 1]).
 
     python benchmarks/other_data.py --size 12 --out runs/patches12.npz
     python benchmarks/other_data.py --size 25 --crop 25 --out runs/patches25.npz

@@ -71,3 +71,22 @@ def test_pilot_sizes_and_bad_input(capsys):
     assert main(["predict", "--n", "256", "--dry-run"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["pilot_sizes"] == [16, 32, 64] and out["subsets"] == 2
+
+
+def test_linear_law_against_power_law_on_planted_sublinear_runs():
+    """Planted tau_mem - tau_gen = 100 n^0.8: the power law recovers it, the linear law (alpha = 1)
+    overshoots and its alpha check says so."""
+    runs = []
+    for n in (16, 32, 64):
+        for s in range(2):
+            runs.append(_run(n, 200.0, 200.0 + 100 * n**0.8 * (1.02 if s else 0.98), s))
+    res = SimpleNamespace(runs=tuple(runs))
+    truth = 200 + 100 * 256**0.8
+    power = prediction_from_study(256, res, 256, law="power")
+    linear = prediction_from_study(256, res, 256, law="linear")
+    assert power.tau_mem_ci[0] < truth < power.tau_mem_ci[1] and power.law == "power"
+    assert linear.tau_mem_pred > 1.2 * truth
+    assert linear.alpha == pytest.approx(0.8, abs=0.02) and linear.alpha_ci[1] < 1.0  # the check of alpha = 1 fails
+    assert linear.to_dict()["model"] == "tau_mem(n) = tau_gen(n) + c * n"
+    with pytest.raises(ValueError, match="law must be one of"):
+        prediction_from_study(256, res, 256, law="cubic")

@@ -76,6 +76,8 @@ class Prediction:
     """Where the pilot study lives (resumable)."""
     elapsed_seconds: float | None = None
     """Wall time of the call."""
+    law: str = "linear"
+    """"linear": tau_mem = tau_gen + c n (alpha = 1, the paper's law); "power": alpha fitted over the pilots."""
 
     @property
     def tau_mem_epochs(self) -> float | None:
@@ -94,7 +96,9 @@ class Prediction:
         out["pilots"] = [dict(p) for p in self.pilots]
         out["tau_mem_epochs"] = self.tau_mem_epochs
         out["safe_window"] = list(self.safe_window)
-        out["model"] = "tau_mem(n) = tau_gen(n) + c * n^alpha"
+        out["model"] = (
+            "tau_mem(n) = tau_gen(n) + c * n" if self.law == "linear" else "tau_mem(n) = tau_gen(n) + c * n^alpha"
+        )
         return io.jsonable(out)
 
     def summary(self) -> str:
@@ -113,6 +117,7 @@ class Prediction:
             f"95% interval [{_f(lo)}, {_f(hi)}] steps (hi/lo = {width}).\n"
             f"tau_gen predicted at {_f(self.tau_gen_pred)} steps: safe window from {_f(self.tau_gen_pred)} "
             f"to {_f(lo)} steps.\n"
+            f"law: tau_mem = tau_gen + c n{'' if self.law == 'linear' else '^alpha'}; over the pilots "
             f"tau_mem - tau_gen ~ n^{_f(self.alpha)} (95% CI [{_f(self.alpha_ci[0])}, {_f(self.alpha_ci[1])}]) "
             f"from {len(self.pilots)} pilot runs at n <= {max(p['n'] for p in self.pilots)}: "
             f"an extrapolation by {self.extrapolation:.3g}x in n."
@@ -123,10 +128,25 @@ def _f(v: float | None) -> str:
     return "n/a" if v is None else f"{v:.4g}"
 
 
-def prediction_from_study(n: int, res: StudyResult, batch_size: int, level: float = 0.95) -> Prediction:
-    """Fit tau_mem - tau_gen ~ c n^alpha over the study's runs and predict tau_mem at ``n``."""
+LAWS = ("linear", "power")
+
+
+def prediction_from_study(
+    n: int, res: StudyResult, batch_size: int, level: float = 0.95, law: str = "linear"
+) -> Prediction:
+    """Predict tau_mem at ``n`` from the study's runs: ``tau_gen(n) + c n`` (``law="linear"``, the
+    paper's tau_mem ~ n) or ``tau_gen(n) + c n^alpha`` with alpha fitted (``law="power"``).
+
+    The linear law estimates log c as the mean of log((tau_mem - tau_gen) / n) over the runs; its
+    interval is the Student-t prediction interval of one more run, ``mean +- t s sqrt(1 + 1/m)``.
+    The power law regresses log(tau_mem - tau_gen) on log n; its interval is the regression's
+    prediction interval at log n. Both report the fitted alpha and its interval as a check of the
+    linear law (``alpha``, ``alpha_ci``).
+    """
     from scipy import stats
 
+    if law not in LAWS:
+        raise ValueError(f"law must be one of {LAWS}, got {law!r}")
     runs = res.runs
     pilots = tuple(
         {"n": r.n, "subset": r.subset, "tau_gen": r.tau_gen, "tau_mem": r.tau_mem, "steps": r.steps, "status": r.status}
@@ -136,26 +156,34 @@ def prediction_from_study(n: int, res: StudyResult, batch_size: int, level: floa
     pts_ok = [(float(m), float(e)) for m, e in pts if e is not None]
     gens = [(float(r.n), float(r.tau_gen)) for r in runs if r.tau_gen is not None]
     extrap = n / max(r.n for r in runs)
-    none = Prediction(n, None, (None, None), None, None, (None, None), batch_size, extrap, pilots)
+    none = Prediction(n, None, (None, None), None, None, (None, None), batch_size, extrap, pilots, law=law)
     if len({m for m, _ in pts_ok}) < 3 or not gens:
         return none
     x = np.log([m for m, _ in pts_ok])
     y = np.log([e for _, e in pts_ok])
+    m = len(x)
     fit = stats.linregress(x, y)
-    dof = len(x) - 2
-    tq = float(stats.t.ppf(0.5 + level / 2, dof))
-    resid = y - (fit.intercept + fit.slope * x)
-    s = math.sqrt(float((resid**2).sum()) / dof) if dof > 0 else float("nan")
     x0 = math.log(n)
-    sxx = float(((x - x.mean()) ** 2).sum())
-    se_pred = s * math.sqrt(1 + 1 / len(x) + (x0 - x.mean()) ** 2 / sxx)
-    y0 = fit.intercept + fit.slope * x0
-    if len({m for m, _ in gens}) >= 3:
-        g = stats.linregress(np.log([m for m, _ in gens]), np.log([t for _, t in gens]))
+    if law == "power":
+        dof = m - 2
+        tq = float(stats.t.ppf(0.5 + level / 2, dof))
+        resid = y - (fit.intercept + fit.slope * x)
+        s = math.sqrt(float((resid**2).sum()) / dof)
+        sxx = float(((x - x.mean()) ** 2).sum())
+        se_pred = s * math.sqrt(1 + 1 / m + (x0 - x.mean()) ** 2 / sxx)
+        y0 = fit.intercept + fit.slope * x0
+    else:
+        r = y - x  # log((tau_mem - tau_gen) / n)
+        tq = float(stats.t.ppf(0.5 + level / 2, m - 1))
+        se_pred = float(np.std(r, ddof=1)) * math.sqrt(1 + 1 / m)
+        y0 = float(r.mean()) + x0
+    if len({k for k, _ in gens}) >= 3:
+        g = stats.linregress(np.log([k for k, _ in gens]), np.log([t for _, t in gens]))
         tau_gen_n = float(math.exp(g.intercept + g.slope * x0))
     else:
         tau_gen_n = float(np.median([t for _, t in gens]))
-    ci_a = (float(fit.slope - tq * fit.stderr), float(fit.slope + tq * fit.stderr))
+    tq_a = float(stats.t.ppf(0.5 + level / 2, m - 2))
+    ci_a = (float(fit.slope - tq_a * fit.stderr), float(fit.slope + tq_a * fit.stderr))
     return Prediction(
         n=n,
         tau_mem_pred=tau_gen_n + math.exp(y0),
@@ -166,6 +194,7 @@ def prediction_from_study(n: int, res: StudyResult, batch_size: int, level: floa
         batch_size=batch_size,
         extrapolation=extrap,
         pilots=pilots,
+        law=law,
     )
 
 
@@ -176,6 +205,7 @@ def predict(
     *,
     sizes: tuple[int, ...] | None = None,
     subsets: int = 2,
+    law: str = "linear",
     workers: int | None = None,
     show_progress: bool = True,
     device: str = "cpu",
@@ -195,6 +225,9 @@ def predict(
         Pilot sizes (default :func:`pilot_sizes`: n/16, n/8, n/4).
     subsets : int
         Disjoint training subsets per pilot size (each one point of the fit).
+    law : {"linear", "power"}
+        ``tau_gen + c n`` (default) or ``tau_gen + c n^alpha`` with alpha fitted (see
+        :func:`prediction_from_study`).
     workers, show_progress, device
         As for :func:`~diffmem.dynamics.study.run_study`.
 
@@ -214,6 +247,8 @@ def predict(
     if int(n) != n or n < 4:
         raise ValueError(f"n must be an integer >= 4, got {n}")
     sizes = tuple(sorted(int(s) for s in sizes)) if sizes else pilot_sizes(int(n))
+    if law not in LAWS:
+        raise ValueError(f"law must be one of {LAWS}, got {law!r}")
     if len(set(sizes)) < 3:
         raise ValueError(f"the pilots need at least 3 distinct sizes, got {sizes}")
     if max(sizes) >= n:
@@ -224,7 +259,7 @@ def predict(
     res = run_study(cfg, out / "pilots", workers=workers, show_progress=show_progress, device=device)
     target = replace(cfg.train, n=int(n), batch_size=cfg.train.batch_size)
     batch = int(target.batch_size) if target.batch_size is not None else min(int(n), 512)
-    pred = prediction_from_study(int(n), res, batch)
+    pred = prediction_from_study(int(n), res, batch, law=law)
     pred = replace(pred, pilot_folder=str(out / "pilots"), elapsed_seconds=time.time() - t0)
     io.write_json(out / "predict.json", pred.to_dict())
     return pred
@@ -245,6 +280,12 @@ def register(sub: Any) -> None:
     p.add_argument("--n", type=int, required=True, help="the training-set size to predict for")
     p.add_argument("--pilot-sizes", type=int, nargs="+", default=None, help="pilot sizes (default n/16, n/8, n/4)")
     p.add_argument("--subsets", type=int, default=2, help="disjoint training subsets per pilot size (default 2)")
+    p.add_argument(
+        "--law",
+        choices=LAWS,
+        default="linear",
+        help="linear: tau_mem = tau_gen + c n (the paper's law, default); power: tau_gen + c n^alpha, alpha fitted",
+    )
     p.add_argument("--workers", type=int, default=None, help="parallel processes (default: number of cores)")
     add_config_flags(
         p, StudyConfig, skip=("sizes", "subsets", "ks", "collapse_levels"), title="pilot study (quick preset's)"
@@ -282,6 +323,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         args.out,
         sizes=tuple(args.pilot_sizes) if args.pilot_sizes else None,
         subsets=args.subsets,
+        law=args.law,
         workers=args.workers,
         show_progress=not args.quiet,
         device=args.device,
