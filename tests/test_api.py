@@ -39,12 +39,18 @@ def _config_classes():
     from diffmem.audit.run import AuditConfig
     from diffmem.audit.testbed import TestbedConfig
     from diffmem.dynamics.evaluate import EvalConfig
+    from diffmem.dynamics.predict import Prediction
     from diffmem.dynamics.study import StudyConfig
     from diffmem.dynamics.timescales import TimeRules
     from diffmem.dynamics.training import TrainConfig
+    from diffmem.external import MeasureConfig
+    from diffmem.monitor import MonitorConfig
     from diffmem.theory.run import DynamicsConfig, PhaseConfig, SpectrumConfig
 
     return [TrainConfig, EvalConfig, StudyConfig, TimeRules, AuditConfig, TestbedConfig] + [
+        MeasureConfig,
+        MonitorConfig,
+        Prediction,
         SpectrumConfig,
         DynamicsConfig,
         PhaseConfig,

@@ -49,5 +49,7 @@ _WHERE = {
     "diffmem.audit.run": ["AuditConfig", "AuditResult", "run_audit"],
     "diffmem.audit.testbed": ["build_testbed"],
     "diffmem.monitor": ["MemorizationMonitor", "MonitorConfig"],
+    "diffmem.external": ["MeasureConfig", "measure_model"],
+    "diffmem.dynamics.predict": ["Prediction", "predict"],
 }
 __all__, __getattr__, __dir__ = lazy_exports(__name__, globals(), _WHERE)
