@@ -122,7 +122,7 @@ class StudyConfig:
 
 
 PRESETS: dict[str, StudyConfig] = {
-    # the quick default: onset of memorization at 4 sizes, one subset each (about 12 minutes on 2 cores)
+    # the quick default: onset of memorization at 4 sizes, one subset each (about 9 minutes on 2 cores)
     "quick": StudyConfig(),
     # into the memorization regime: 4 sizes spanning 8x, 2 disjoint subsets each, model space
     # 4 (pixels - mean) (memorizes ~3x sooner per example than 2x), 800 n steps, a run short of
