@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -245,6 +245,13 @@ def frechet(fake: torch.Tensor, real: torch.Tensor, space: FeatureSpace | str = 
     >>> round(frechet(a, a, "pixels"), 6)
     0.0
     """
+    ff, fr = paired_features(fake, real, space)
+    return frechet_distance(*gaussian_stats(ff), *gaussian_stats(fr))
+
+
+def paired_features(fake: Any, real: Any, space: str | FeatureSpace) -> tuple[np.ndarray, np.ndarray]:
+    """Features of generated and reference pixel images in one space, after checking that both are
+    images in [0, 1] of the same shape (shared by the Fréchet distance and KID)."""
     fake = _check_pixels(fake, "generated images")
     real = _check_pixels(real, "reference images")
     if fake.shape[1:] != real.shape[1:]:
@@ -253,7 +260,7 @@ def frechet(fake: torch.Tensor, real: torch.Tensor, space: FeatureSpace | str = 
         )
     if isinstance(space, str):
         space = feature_space(space, fake.shape[1:])
-    return frechet_distance(*gaussian_stats(space(fake)), *gaussian_stats(space(real)))
+    return space(fake), space(real)
 
 
 @dataclass

@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .frechet import FeatureSpace, _check_pixels, feature_space
+from .frechet import FeatureSpace, paired_features
 
 __all__ = ["kid", "kid_from_features"]
 
@@ -165,12 +165,5 @@ def kid(
     for x, what in ((samples, "generated images"), (real, "reference images")):
         if x.ndim == 4 and x.shape[0] < 2:
             raise ValueError(f"{what}: KID needs at least 2 images, got {x.shape[0]}")
-    samples = _check_pixels(samples, "generated images")
-    real = _check_pixels(real, "reference images")
-    if samples.shape[1:] != real.shape[1:]:
-        raise ValueError(
-            f"generated images {tuple(samples.shape[1:])} and reference images {tuple(real.shape[1:])} differ in shape"
-        )
-    if isinstance(space, str):
-        space = feature_space(space, samples.shape[1:])
-    return kid_from_features(space(samples), space(real), subset_size=subset_size, subsets=subsets, seed=seed)
+    fa, fr = paired_features(samples, real, space)
+    return kid_from_features(fa, fr, subset_size=subset_size, subsets=subsets, seed=seed)
