@@ -89,7 +89,7 @@ def run_job(job: Job, threads: int = 1, q=None) -> dict:
         if job.max_steps is None or steps >= job.max_steps or all(_finished(r, job) for r in records):
             break
         cfgs = [replace(c, steps=min(2 * steps, job.max_steps)) for c in cfgs]
-    return {"name": job.name, "records": records, "steps": cfgs[0].steps}
+    return {"name": job.name, "records": records}
 
 
 def _saved_steps(run_dir: Path) -> int:

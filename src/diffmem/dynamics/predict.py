@@ -257,8 +257,7 @@ def predict(
     cfg = replace(base, sizes=sizes, subsets=int(subsets))
     out = Path(out)
     res = run_study(cfg, out / "pilots", workers=workers, show_progress=show_progress, device=device)
-    target = replace(cfg.train, n=int(n), batch_size=cfg.train.batch_size)
-    batch = int(target.batch_size) if target.batch_size is not None else min(int(n), 512)
+    batch = int(replace(cfg.train, n=int(n)).resolved().batch_size or n)  # the training rule's batch at n
     pred = prediction_from_study(int(n), res, batch, law=law)
     pred = replace(pred, pilot_folder=str(out / "pilots"), elapsed_seconds=time.time() - t0)
     io.write_json(out / "predict.json", pred.to_dict())
@@ -293,26 +292,15 @@ def register(sub: Any) -> None:
     add_config_flags(p, TrainConfig, skip=("n", "steps", "seed", "budget_base"), title="training (every pilot)")
     add_config_flags(p, EvalConfig, prefix="eval_", skip=("seed",), title="evaluation")
     add_config_flags(p, TimeRules, title="rules for tau_gen / tau_mem")
-    p.set_defaults(func=cmd_predict)
+    p.set_defaults(func=cmd_predict, preset="quick")
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from ..cliutils import config_from_flags, print_json
+    from ..cliutils import print_json
     from ..config import to_dict
-    from .evaluate import EvalConfig
-    from .timescales import TimeRules
-    from .training import TrainConfig
+    from .cli import _study_config
 
-    seed = {} if args.seed is None else {"seed": args.seed}
-    base = PRESETS["quick"]
-    cfg = config_from_flags(
-        StudyConfig,
-        args,
-        base=base,
-        train=config_from_flags(TrainConfig, args, base=base.train, **seed),
-        eval=config_from_flags(EvalConfig, args, prefix="eval_", base=base.eval, **seed),
-        rules=config_from_flags(TimeRules, args, base=base.rules),
-    )
+    cfg = _study_config(args)  # the quick preset's study with the flags given (the pilots' sizes come below)
     if args.dry_run:
         sizes = tuple(args.pilot_sizes) if args.pilot_sizes else pilot_sizes(args.n)
         print_json({"n": args.n, "pilot_sizes": sizes, "subsets": args.subsets, "study": to_dict(cfg)})
