@@ -61,9 +61,8 @@ def glyphs(size: int = 12, count: int | None = None, seed: int = 0) -> np.ndarra
     from PIL import Image, ImageDraw, ImageFont
 
     ttf = Path(matplotlib.get_data_path()) / "fonts" / "ttf"
-    faces = [ttf / f"DejaVu{family}{style}.ttf" for family in ("Sans", "SansMono", "Serif") for style in (
-        "", "-Bold", "-Oblique" if family != "Serif" else "-Italic", "-BoldOblique" if family != "Serif" else "-BoldItalic"
-    )]
+    styles = {"Sans": "Oblique", "SansMono": "Oblique", "Serif": "Italic"}
+    faces = [ttf / f"DejaVu{fam}{st}.ttf" for fam, it in styles.items() for st in ("", "-Bold", f"-{it}", f"-Bold{it}")]
     faces += [ttf / f"STIXGeneral{style}.ttf" for style in ("", "Bol", "Italic", "BolIta")]
     missing = [f.name for f in faces if not f.exists()]
     if missing:

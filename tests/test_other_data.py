@@ -25,7 +25,7 @@ def _module():
 def test_glyphs_are_832_distinct_letters_in_unit_range():
     x = _module().glyphs(12)
     assert x.shape == (832, 12, 12) and x.dtype == np.float32
-    assert 0.0 <= x.min() and x.max() <= 1.0
+    assert x.min() >= 0.0 and x.max() <= 1.0
     flat = x.reshape(len(x), -1).astype(np.float64)
     d = np.sqrt(((flat[:, None] - flat[None]) ** 2).sum(-1))
     np.fill_diagonal(d, np.inf)
