@@ -35,6 +35,7 @@ def claim_folder(
     overwrite: bool = False,
     analysis_only: tuple[str, ...] = (),
     may_grow: tuple[str, ...] = (),
+    absent_means: dict[str, Any] | None = None,
 ) -> None:
     """Write ``cfg`` to ``folder/name``, or check that an existing one matches (so a run resumes).
 
@@ -42,12 +43,15 @@ def claim_folder(
     Top-level keys named in ``analysis_only`` only change how finished runs are analysed: when they
     alone differ, the saved configuration is updated and the runs are kept (re-analysis). Numeric
     keys named in ``may_grow`` may increase (a training budget that is extended), never decrease.
+    ``absent_means`` gives, for settings added after a folder was written, the value that reproduces
+    what the older code did (nested dicts for nested sections): a saved file without such a key is
+    read as holding that value, so adding a setting does not lock users out of their old runs.
     """
     folder = Path(folder)
     path = folder / name
     want = to_dict(cfg)
     if path.exists() and not overwrite:
-        have = io.read_json(path)
+        have = _fill_absent(io.read_json(path), absent_means or {})
         if have != want:
             diff = sorted(k for k in set(have) | set(want) if have.get(k) != want.get(k))
             grown = {k for k in diff if k in may_grow and isinstance(have.get(k), int) and want.get(k, 0) > have[k]}
@@ -61,6 +65,16 @@ def claim_folder(
         return
     folder.mkdir(parents=True, exist_ok=True)
     io.write_json(path, want)
+
+
+def _fill_absent(have: dict, absent: dict) -> dict:
+    out = dict(have)
+    for k, v in absent.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _fill_absent(out[k], v)
+        elif k not in out:
+            out[k] = v
+    return out
 
 
 def resolve_device(device: str | torch.device | None = None) -> torch.device:

@@ -31,12 +31,24 @@ from .. import io
 from ..config import claim_folder, resolve_device
 from ..models import ResidualMLP, sinusoidal
 from ..state import load_optimizer_tensors, optimizer_tensors
-from .training import TrainConfig, build_model, checkpoint_steps, draw_batch, load_split, make_optimizer, truncate_log
+from .training import (
+    ADDED_SETTINGS,
+    TrainConfig,
+    build_model,
+    checkpoint_steps,
+    draw_batch,
+    ema_decay,
+    ema_update,
+    load_split,
+    make_optimizer,
+    truncate_log,
+)
 
 __all__ = ["stacked_mlp", "train_ensemble"]
 
 _SHARED = (
     "model",
+    "ema",
     "width",
     "skip",
     "budget_base",
@@ -106,7 +118,7 @@ def train_ensemble(
     group = Path(group_dir)
     splits = [load_split(c) for c in cfgs]
     for c, d in zip(cfgs, dirs):
-        claim_folder(d, c, may_grow=("steps",))
+        claim_folder(d, c, may_grow=("steps",), absent_means=ADDED_SETTINGS)
         (d / "checkpoints").mkdir(exist_ok=True)
     models = [build_model(c, s.shape).to(dev).train() for c, s in zip(cfgs, splits)]
     params, _ = stack_module_state(models)  # the MLP has no buffers
@@ -118,14 +130,15 @@ def train_ensemble(
     opt = make_optimizer(cfgs[0], list(stacked.values()))
     gens = [torch.Generator().manual_seed(c.seed + 1) for c in cfgs]
     state_path = group / "state.safetensors"
+    ema = {k: v.detach().clone() for k, v in stacked.items()} if cfgs[0].ema else None
     start = 0
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfgs[0].seed + 2)
         if state_path.exists():
-            start = _restore_state(io.load_tensors(state_path)[0], state_path, stacked, opt, gens)
+            start = _restore_state(io.load_tensors(state_path)[0], state_path, stacked, opt, gens, ema)
             for d in dirs:
                 truncate_log(d / "train_log.jsonl", start)
-        _loop(cfgs, dirs, group, batched, stacked, opt, gens, splits, start, progress)
+        _loop(cfgs, dirs, group, batched, stacked, opt, gens, splits, start, progress, ema)
     return dirs
 
 
@@ -156,7 +169,7 @@ def stacked_mlp(
     return out.reshape(x.shape)
 
 
-def _restore_state(tensors: dict[str, torch.Tensor], path: Path, stacked, opt, gens) -> int:
+def _restore_state(tensors: dict[str, torch.Tensor], path: Path, stacked, opt, gens, ema=None) -> int:
     if sorted(k for k in tensors if k.startswith("params.")) != sorted(f"params.{k}" for k in stacked):
         raise ValueError(f"{path} holds another ensemble's state; use a new --out folder or delete it to start over")
     if any(f"rng.{i}" not in tensors for i in range(len(gens))) or f"rng.{len(gens)}" in tensors:
@@ -164,6 +177,11 @@ def _restore_state(tensors: dict[str, torch.Tensor], path: Path, stacked, opt, g
     with torch.no_grad():
         for name, v in stacked.items():
             v.copy_(tensors[f"params.{name}"])
+        if ema is not None:
+            if any(f"ema.{name}" not in tensors for name in ema):
+                raise ValueError(f"{path} holds no weight average; use a new --out folder to train with --ema")
+            for name, v in ema.items():
+                v.copy_(tensors[f"ema.{name}"])
     load_optimizer_tensors(opt, tensors)
     for i, g in enumerate(gens):
         g.set_state(tensors[f"rng.{i}"])
@@ -171,11 +189,11 @@ def _restore_state(tensors: dict[str, torch.Tensor], path: Path, stacked, opt, g
     return int(tensors["step"])
 
 
-def _member_tensors(stacked: torch.nn.ParameterDict, i: int) -> dict[str, torch.Tensor]:
+def _member_tensors(stacked, i: int) -> dict[str, torch.Tensor]:
     return {k.replace("__", "."): v.detach()[i] for k, v in stacked.items()}
 
 
-def _loop(cfgs, dirs, group, batched, stacked, opt, gens, splits, start, progress) -> None:
+def _loop(cfgs, dirs, group, batched, stacked, opt, gens, splits, start, progress, ema=None) -> None:
     cfg = cfgs[0]
     dev = next(iter(stacked.values())).device
     ab = cfg.schedule().alphas_cumprod.to(torch.float32)
@@ -201,6 +219,8 @@ def _loop(cfgs, dirs, group, batched, stacked, opt, gens, splits, start, progres
         opt.zero_grad(set_to_none=True)
         per_member.sum().backward()
         opt.step()
+        if ema is not None:
+            ema_update(list(ema.values()), [stacked[k] for k in ema], ema_decay(cfg.ema, step))
         losses = per_member.detach().tolist()
         for i in range(K):
             running[i] += losses[i]
@@ -209,10 +229,12 @@ def _loop(cfgs, dirs, group, batched, stacked, opt, gens, splits, start, progres
         if step in grid:
             for i, d in enumerate(dirs):
                 io.save_tensors(
-                    d / "checkpoints" / f"step_{step:07d}.safetensors", _member_tensors(stacked, i), {"step": str(step)}
+                    d / "checkpoints" / f"step_{step:07d}.safetensors",
+                    _member_tensors(stacked if ema is None else ema, i),
+                    {"step": str(step)},
                 )
         if step in grid or step % cfg.resume_every == 0 or step == cfg.steps:
-            _save_state(group, step, stacked, opt, gens)
+            _save_state(group, step, stacked, opt, gens, ema)
         if step % cfg.log_every == 0:
             for i, d in enumerate(dirs):
                 io.append_jsonl(
@@ -223,10 +245,12 @@ def _loop(cfgs, dirs, group, batched, stacked, opt, gens, splits, start, progres
                 progress(step, cfg.steps)
 
 
-def _save_state(group: Path, step: int, stacked, opt, gens) -> None:
+def _save_state(group: Path, step: int, stacked, opt, gens, ema=None) -> None:
     out: dict[str, torch.Tensor] = {}
     for name, v in stacked.items():
         out[f"params.{name}"] = v.detach()
+    for name, v in (ema or {}).items():
+        out[f"ema.{name}"] = v
     out.update(optimizer_tensors(opt))
     for i, g in enumerate(gens):
         out[f"rng.{i}"] = g.get_state()

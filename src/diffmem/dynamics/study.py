@@ -40,7 +40,7 @@ from .timescales import (
     fit_scaling,
     tau_mem,
 )
-from .training import TrainConfig, load_split
+from .training import ADDED_SETTINGS, TrainConfig, load_split
 
 __all__ = ["PRESETS", "ByK", "StudyConfig", "StudyResult", "check_sizes", "run_study", "study_jobs", "write_outputs"]
 
@@ -427,7 +427,7 @@ def run_study(
     device = str(resolve_device(device))
     out = Path(out)
     check_sizes(cfg)  # fail fast on impossible sizes, before any work
-    claim_folder(out, cfg, analysis_only=ANALYSIS_ONLY)
+    claim_folder(out, cfg, analysis_only=ANALYSIS_ONLY, absent_means={"train": ADDED_SETTINGS})
     t0 = time.time()
     jobs = study_jobs(cfg, out, device)
     res = run_jobs(jobs, workers=workers, show_progress=show_progress)

@@ -34,6 +34,8 @@ __all__ = [
     "build_model",
     "checkpoint_steps",
     "draw_batch",
+    "ema_decay",
+    "ema_update",
     "list_checkpoints",
     "load_checkpoint",
     "load_split",
@@ -98,6 +100,8 @@ class TrainConfig:
     """Last beta of the linear schedule."""
     seed: int = 0
     """Seed of the initialisation and of the loop's random draws (batches, steps, noise)."""
+    ema: float = 0.0
+    """Decay of an exponential moving average of the weights (0: off); checkpoints then hold the average."""
 
     def resolved(self) -> TrainConfig:
         scale = self.scale if self.scale is not None else unit_scale(self.data, self.data_key, self.image_size)
@@ -126,11 +130,37 @@ class TrainConfig:
             raise ValueError(f"skip must be one of {models.SKIPS}, got {self.skip!r}")
         if self.budget_base is not None and not 1 <= self.budget_base <= self.steps:
             raise ValueError(f"budget_base must lie in [1, steps={self.steps}], got {self.budget_base}")
+        if not 0.0 <= self.ema < 1.0:
+            raise ValueError(f"ema must be a decay in [0, 1) (0 turns it off; 0.999 is common), got {self.ema}")
         if self.lr is not None and not self.lr > 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
 
     def schedule(self) -> Schedule:
         return linear(self.T, self.beta_start, self.beta_end)
+
+
+#: Settings added to TrainConfig after run folders existed, and the value that reproduces the older code.
+ADDED_SETTINGS: dict[str, object] = {"ema": 0.0}
+
+
+def ema_decay(decay: float, step: int) -> float:
+    """The EMA decay used after optimizer step ``step`` (1, 2, ...): 0 at step 1 (the average starts
+    as the weights), then min(decay, step / (step + 9)).
+
+    This is diffusers' ``EMAModel`` without ``update_after_step`` or power warm-up
+    ((1 + t) / (10 + t) with t = step - 1; tested against it): early on the average lags the weights
+    by a fixed fraction of the elapsed time (about a tenth) rather than by a fixed number of steps,
+    until 1 / (1 - decay) steps are averaged. A lag of a fixed number of steps would add the same
+    delay to every run's times.
+    """
+    return 0.0 if step <= 1 else min(decay, step / (step + 9.0))
+
+
+@torch.no_grad()
+def ema_update(avg: Sequence[torch.Tensor], params: Sequence[torch.Tensor], decay: float) -> None:
+    """avg <- decay * avg + (1 - decay) * params, in place."""
+    for a, p in zip(avg, params):
+        a.lerp_(p.detach(), 1.0 - decay)
 
 
 def checkpoint_steps(steps: int, count: int, first: int = 100, base: int | None = None) -> list[int]:
@@ -256,7 +286,7 @@ def train(
     dev = resolve_device(device)
     run_dir = Path(run_dir)
     sp = split if split is not None else load_split(cfg)
-    claim_folder(run_dir, cfg, may_grow=("steps",))
+    claim_folder(run_dir, cfg, may_grow=("steps",), absent_means=ADDED_SETTINGS)
     (run_dir / "checkpoints").mkdir(exist_ok=True)
     model = build_model(cfg, sp.shape).to(dev).train()
     opt = make_optimizer(cfg, list(model.parameters()))
@@ -264,12 +294,33 @@ def train(
     state_path = run_dir / "state.safetensors"
     # torch's global RNG (dropout) is seeded here and saved/restored with the state, inside fork_rng
     # so that the caller's global RNG is left as it was.
+    # the weight average (cfg.ema > 0) starts at the initial weights and is part of the resume state
+    ema = {k: v.detach().clone() for k, v in model.named_parameters()} if cfg.ema else None
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed + 2)
-        start = restore_training_state(io.load_tensors(state_path)[0], model, opt, gen) if state_path.exists() else 0
+        start = 0
+        if state_path.exists():
+            tensors = io.load_tensors(state_path)[0]
+            start = restore_training_state(tensors, model, opt, gen)
+            if ema is not None:
+                _restore_ema(tensors, ema, state_path)
         truncate_log(run_dir / "train_log.jsonl", start)
-        _loop(cfg, run_dir, model, opt, gen, sp, start, progress)
+        _loop(cfg, run_dir, model, opt, gen, sp, start, progress, ema)
     return run_dir
+
+
+def _restore_ema(tensors: dict[str, torch.Tensor], ema: dict[str, torch.Tensor], path: Path) -> None:
+    missing = [k for k in ema if f"ema.{k}" not in tensors]
+    if missing:
+        raise ValueError(f"{path} holds no weight average (ema.{missing[0]}); use a new --out folder for --ema")
+    for k, v in ema.items():
+        v.copy_(tensors[f"ema.{k}"])
+
+
+def _checkpoint_tensors(model: nn.Module, ema: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor]:
+    """The weights a checkpoint holds: the model's, or with an EMA its average (buffers as they are)."""
+    sd = model.state_dict()
+    return sd if ema is None else {k: ema.get(k, v) for k, v in sd.items()}
 
 
 def truncate_log(log: Path, step: int) -> None:
@@ -280,7 +331,7 @@ def truncate_log(log: Path, step: int) -> None:
         )
 
 
-def _loop(cfg, run_dir, model, opt, gen, sp, start, progress) -> None:
+def _loop(cfg, run_dir, model, opt, gen, sp, start, progress, ema=None) -> None:
     dev = next(model.parameters()).device
     ab = cfg.schedule().alphas_cumprod.to(torch.float32)
     state_path = run_dir / "state.safetensors"
@@ -288,6 +339,7 @@ def _loop(cfg, run_dir, model, opt, gen, sp, start, progress) -> None:
     x_train, n = sp.train.to(dev), sp.train.shape[0]
     b = int(cfg.batch_size or n)
     log_path = run_dir / "train_log.jsonl"
+    params = dict(model.named_parameters())
     running, t0 = 0.0, time.time()
     for step in range(start + 1, cfg.steps + 1):
         x0 = draw_batch(x_train, b, cfg.batch_replacement, gen)
@@ -297,15 +349,22 @@ def _loop(cfg, run_dir, model, opt, gen, sp, start, progress) -> None:
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        if ema is not None:
+            ema_update(list(ema.values()), [params[k] for k in ema], ema_decay(cfg.ema, step))
         running += loss.item()
         if not math.isfinite(running):
             raise FloatingPointError(f"training diverged at step {step} (loss is not finite); lower --lr")
         if step in grid:
             io.save_tensors(
-                run_dir / "checkpoints" / f"step_{step:07d}.safetensors", model.state_dict(), {"step": str(step)}
+                run_dir / "checkpoints" / f"step_{step:07d}.safetensors",
+                _checkpoint_tensors(model, ema),
+                {"step": str(step)},
             )
         if step in grid or step % cfg.resume_every == 0 or step == cfg.steps:
-            io.save_tensors(state_path, training_state(step, model, opt, gen))
+            st = training_state(step, model, opt, gen)
+            if ema is not None:
+                st.update({f"ema.{k}": v for k, v in ema.items()})
+            io.save_tensors(state_path, st)
         if step % cfg.log_every == 0:
             io.append_jsonl(log_path, {"step": step, "loss": running / cfg.log_every, "time": time.time() - t0})
             running = 0.0
