@@ -33,11 +33,20 @@ __all__ = [
 ]
 
 
+def _umask() -> int:
+    mask = os.umask(0)  # the only portable way to read it is to set it, then put it back
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        # mkstemp creates the file for its owner only (0600); give it the permissions an ordinary
+        # open() would (0666 less the umask), so results can be shared like any other file
+        os.chmod(tmp, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
