@@ -16,11 +16,20 @@ def test_atomic_write_replaces_and_leaves_no_temporary(tmp_path):
     assert sorted(x.name for x in p.parent.iterdir()) == ["r.json"]
 
 
-def test_a_failed_write_keeps_the_old_file(tmp_path):
+def test_a_failed_write_keeps_the_old_file(tmp_path, monkeypatch):
     p = tmp_path / "r.json"
     dio.write_json(p, {"a": 1})
     with pytest.raises(TypeError):  # not JSON: the error comes before anything is written
         dio.write_json(p, {"a": object()})
+    assert dio.read_json(p) == {"a": 1}
+
+    def interrupted(src, dst):  # killed between writing the temporary file and the rename
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(dio.os, "replace", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        dio.write_json(p, {"a": 2})
+    monkeypatch.undo()
     assert dio.read_json(p) == {"a": 1}
     assert sorted(x.name for x in tmp_path.iterdir()) == ["r.json"]
 
