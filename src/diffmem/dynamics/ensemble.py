@@ -41,6 +41,7 @@ from .training import (
     ema_update,
     load_split,
     make_optimizer,
+    restore_ema,
     truncate_log,
 )
 
@@ -178,10 +179,7 @@ def _restore_state(tensors: dict[str, torch.Tensor], path: Path, stacked, opt, g
         for name, v in stacked.items():
             v.copy_(tensors[f"params.{name}"])
         if ema is not None:
-            if any(f"ema.{name}" not in tensors for name in ema):
-                raise ValueError(f"{path} holds no weight average; use a new --out folder to train with --ema")
-            for name, v in ema.items():
-                v.copy_(tensors[f"ema.{name}"])
+            restore_ema(tensors, ema, path)
     load_optimizer_tensors(opt, tensors)
     for i, g in enumerate(gens):
         g.set_state(tensors[f"rng.{i}"])
@@ -203,6 +201,8 @@ def _loop(cfgs, dirs, group, batched, stacked, opt, gens, splits, start, progres
     running = [0.0] * K
     t0 = time.time()
     names = list(stacked.keys())
+    if ema is not None:
+        averaged, tracked = list(ema.values()), [stacked[k] for k in ema]
     for step in range(start + 1, cfg.steps + 1):
         x0s, ks, epss = [], [], []
         for x, c, g in zip(xs, cfgs, gens):
@@ -220,7 +220,7 @@ def _loop(cfgs, dirs, group, batched, stacked, opt, gens, splits, start, progres
         per_member.sum().backward()
         opt.step()
         if ema is not None:
-            ema_update(list(ema.values()), [stacked[k] for k in ema], ema_decay(cfg.ema, step))
+            ema_update(averaged, tracked, ema_decay(cfg.ema, step))
         losses = per_member.detach().tolist()
         for i in range(K):
             running[i] += losses[i]

@@ -39,6 +39,7 @@ __all__ = [
     "list_checkpoints",
     "load_checkpoint",
     "load_split",
+    "restore_ema",
     "train",
     "truncate_log",
 ]
@@ -292,10 +293,10 @@ def train(
     opt = make_optimizer(cfg, list(model.parameters()))
     gen = torch.Generator().manual_seed(cfg.seed + 1)
     state_path = run_dir / "state.safetensors"
-    # torch's global RNG (dropout) is seeded here and saved/restored with the state, inside fork_rng
-    # so that the caller's global RNG is left as it was.
     # the weight average (cfg.ema > 0) starts at the initial weights and is part of the resume state
     ema = {k: v.detach().clone() for k, v in model.named_parameters()} if cfg.ema else None
+    # torch's global RNG (dropout) is seeded here and saved/restored with the state, inside fork_rng
+    # so that the caller's global RNG is left as it was.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed + 2)
         start = 0
@@ -303,13 +304,14 @@ def train(
             tensors = io.load_tensors(state_path)[0]
             start = restore_training_state(tensors, model, opt, gen)
             if ema is not None:
-                _restore_ema(tensors, ema, state_path)
+                restore_ema(tensors, ema, state_path)
         truncate_log(run_dir / "train_log.jsonl", start)
         _loop(cfg, run_dir, model, opt, gen, sp, start, progress, ema)
     return run_dir
 
 
-def _restore_ema(tensors: dict[str, torch.Tensor], ema: dict[str, torch.Tensor], path: Path) -> None:
+def restore_ema(tensors: dict[str, torch.Tensor], ema: dict[str, torch.Tensor], path: Path) -> None:
+    """Load the weight average ``ema.*`` of a resume state into ``ema`` (refused if it holds none)."""
     missing = [k for k in ema if f"ema.{k}" not in tensors]
     if missing:
         raise ValueError(f"{path} holds no weight average (ema.{missing[0]}); use a new --out folder for --ema")
@@ -339,7 +341,9 @@ def _loop(cfg, run_dir, model, opt, gen, sp, start, progress, ema=None) -> None:
     x_train, n = sp.train.to(dev), sp.train.shape[0]
     b = int(cfg.batch_size or n)
     log_path = run_dir / "train_log.jsonl"
-    params = dict(model.named_parameters())
+    if ema is not None:
+        params = dict(model.named_parameters())
+        averaged, tracked = list(ema.values()), [params[k] for k in ema]
     running, t0 = 0.0, time.time()
     for step in range(start + 1, cfg.steps + 1):
         x0 = draw_batch(x_train, b, cfg.batch_replacement, gen)
@@ -350,7 +354,7 @@ def _loop(cfg, run_dir, model, opt, gen, sp, start, progress, ema=None) -> None:
         loss.backward()
         opt.step()
         if ema is not None:
-            ema_update(list(ema.values()), [params[k] for k in ema], ema_decay(cfg.ema, step))
+            ema_update(averaged, tracked, ema_decay(cfg.ema, step))
         running += loss.item()
         if not math.isfinite(running):
             raise FloatingPointError(f"training diverged at step {step} (loss is not finite); lower --lr")
