@@ -36,12 +36,12 @@ from .training import (
     TrainConfig,
     build_model,
     checkpoint_steps,
-    draw_batch,
     ema_decay,
     ema_update,
     load_split,
     make_optimizer,
     restore_ema,
+    sample_step,
     truncate_log,
 )
 
@@ -58,6 +58,7 @@ _SHARED = (
     "momentum",
     "batch_size",
     "batch_replacement",
+    "draws",
     "steps",
     "checkpoints",
     "first_checkpoint",
@@ -204,13 +205,8 @@ def _loop(cfgs, dirs, group, batched, stacked, opt, gens, splits, start, progres
     if ema is not None:
         averaged, tracked = list(ema.values()), [stacked[k] for k in ema]
     for step in range(start + 1, cfg.steps + 1):
-        x0s, ks, epss = [], [], []
-        for x, c, g in zip(xs, cfgs, gens):
-            b = int(c.batch_size or x.shape[0])
-            x0s.append(draw_batch(x, b, c.batch_replacement, g))
-            ks.append(torch.randint(1, c.T, (b,), generator=g))
-            epss.append(torch.randn(x0s[-1].shape, generator=g).to(dev))
-        x0, k, eps = torch.stack(x0s), torch.stack(ks), torch.stack(epss)
+        draws = [sample_step(x, c, g) for x, c, g in zip(xs, cfgs, gens)]
+        x0, k, eps = (torch.stack(parts) for parts in zip(*draws))
         a = ab[k].to(dev).reshape(*k.shape, *([1] * (x0.ndim - 2)))
         xk = a.sqrt() * x0 + (1.0 - a).sqrt() * eps
         params = {name.replace("__", "."): stacked[name] for name in names}

@@ -40,6 +40,7 @@ __all__ = [
     "load_checkpoint",
     "load_split",
     "restore_ema",
+    "sample_step",
     "train",
     "truncate_log",
 ]
@@ -81,6 +82,9 @@ class TrainConfig:
     """Examples per step; default min(n, 512), the paper's recipe (full batch for n <= 512)."""
     batch_replacement: bool = False
     """Draw each step's batch with replacement (then batch_size may exceed n): every n sees the same batch size."""
+    draws: int = 1
+    """Noise draws per batch example per step: each example enters the step this many times, each copy with its
+    own diffusion step and noise (the gradient then approaches that of the loss's expectation over the noise)."""
     steps: int = 10_000
     """Optimizer steps."""
     checkpoints: int = 32
@@ -117,7 +121,7 @@ class TrainConfig:
             raise ValueError(f"optimizer must be 'adam' or 'sgd', got {self.optimizer!r}")
         if self.model not in models.MODELS:
             raise ValueError(f"model must be one of {models.MODELS}, got {self.model!r}")
-        for name in ("n", "steps", "width", "checkpoints", "first_checkpoint", "resume_every", "log_every"):
+        for name in ("n", "steps", "width", "checkpoints", "first_checkpoint", "resume_every", "log_every", "draws"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
         if self.batch_size is not None and not 1 <= self.batch_size <= (
@@ -141,7 +145,7 @@ class TrainConfig:
 
 
 #: Settings added to TrainConfig after run folders existed, and the value that reproduces the older code.
-ADDED_SETTINGS: dict[str, object] = {"ema": 0.0}
+ADDED_SETTINGS: dict[str, object] = {"ema": 0.0, "draws": 1}
 
 
 def ema_decay(decay: float, step: int) -> float:
@@ -205,13 +209,29 @@ def unit_scale(source: str, key: str | None = None, size: int = 32) -> float:
     return float(f"{1.0 / rms:.3g}")
 
 
-def draw_batch(x: torch.Tensor, b: int, replacement: bool, gen: torch.Generator) -> torch.Tensor:
+def draw_batch(x: torch.Tensor, b: int, replacement: bool, gen: torch.Generator, draws: int = 1) -> torch.Tensor:
     """One step's batch of ``b`` rows of ``x``: all of them (b = n, without replacement), a random
-    subset without replacement, or ``b`` independent uniform draws with replacement."""
+    subset without replacement, or ``b`` independent uniform draws with replacement; with ``draws`` > 1
+    each chosen row is repeated that many times in a row (``b * draws`` rows; each copy then gets its
+    own diffusion step and noise)."""
     n = x.shape[0]
     if replacement:
-        return x[torch.randint(0, n, (b,), generator=gen).to(x.device)]
-    return x if b == n else x[torch.randperm(n, generator=gen)[:b].to(x.device)]
+        batch = x[torch.randint(0, n, (b,), generator=gen).to(x.device)]
+    else:
+        batch = x if b == n else x[torch.randperm(n, generator=gen)[:b].to(x.device)]
+    return batch if draws == 1 else batch.repeat_interleave(draws, dim=0)
+
+
+def sample_step(
+    x: torch.Tensor, cfg: TrainConfig, gen: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One step's random draws from the training set ``x``: the clean examples x0 (``batch_size`` of them,
+    each repeated ``draws`` times), a diffusion step k in [1, T) and a standard normal noise for every row.
+    k stays on the CPU (it indexes the schedule); x0 and the noise are on ``x``'s device."""
+    x0 = draw_batch(x, int(cfg.batch_size or x.shape[0]), cfg.batch_replacement, gen, cfg.draws)
+    k = torch.randint(1, cfg.T, (x0.shape[0],), generator=gen)
+    eps = torch.randn(x0.shape, generator=gen).to(x.device)
+    return x0, k, eps
 
 
 def load_split(cfg: TrainConfig) -> data.Split:
@@ -338,17 +358,14 @@ def _loop(cfg, run_dir, model, opt, gen, sp, start, progress, ema=None) -> None:
     ab = cfg.schedule().alphas_cumprod.to(torch.float32)
     state_path = run_dir / "state.safetensors"
     grid = set(checkpoint_steps(cfg.steps, cfg.checkpoints, cfg.first_checkpoint, cfg.budget_base))
-    x_train, n = sp.train.to(dev), sp.train.shape[0]
-    b = int(cfg.batch_size or n)
+    x_train = sp.train.to(dev)
     log_path = run_dir / "train_log.jsonl"
     if ema is not None:
         params = dict(model.named_parameters())
         averaged, tracked = list(ema.values()), [params[k] for k in ema]
     running, t0 = 0.0, time.time()
     for step in range(start + 1, cfg.steps + 1):
-        x0 = draw_batch(x_train, b, cfg.batch_replacement, gen)
-        k = torch.randint(1, cfg.T, (b,), generator=gen)
-        eps = torch.randn(x0.shape, generator=gen).to(dev)
+        x0, k, eps = sample_step(x_train, cfg, gen)
         loss = eps_loss(model, x0, k, eps, ab, reduction="mean")
         opt.zero_grad(set_to_none=True)
         loss.backward()
