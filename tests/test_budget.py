@@ -10,7 +10,7 @@ import torch
 from diffmem import io as dio
 from diffmem.cli import main
 from diffmem.dynamics.ensemble import stacked_mlp
-from diffmem.dynamics.study import StudyConfig, annotate_runs
+from diffmem.dynamics.study import QUICK_DRAWS, StudyConfig, annotate_runs
 from diffmem.dynamics.timescales import RunTimes, fit_scaling
 from diffmem.dynamics.training import (
     TrainConfig,
@@ -203,7 +203,9 @@ def test_study_extends_runs_and_says_when_the_budget_ran_out(tmp_path, capsys):
     assert "NOT reached" in (out / "report.html").read_text()
     # the extended run is the run trained to the larger budget directly (exact resume on the CPU)
     run16 = res["runs"][0]
-    direct = TrainConfig(n=16, steps=640, budget_base=160, width=32, checkpoints=4, first_checkpoint=20).resolved()
+    direct = TrainConfig(
+        n=16, steps=640, budget_base=160, width=32, checkpoints=4, first_checkpoint=20, draws=QUICK_DRAWS
+    ).resolved()
     d = train(direct, tmp_path / "direct")
     a = dio.load_tensors(out / run16["run_dir"] / "checkpoints" / "step_0000640.safetensors")[0]
     b = dio.load_tensors(d / "checkpoints" / "step_0000640.safetensors")[0]

@@ -45,29 +45,38 @@ from .training import ADDED_SETTINGS, TrainConfig, load_split
 __all__ = ["PRESETS", "ByK", "StudyConfig", "StudyResult", "check_sizes", "run_study", "study_jobs", "write_outputs"]
 
 
+QUICK_DRAWS = 16
+"""Noise draws per example per step of the studies' default training (full batches of n examples, each
+drawn 16 times: 256 to 2048 rows per step at n = 16 to 128)."""
+
+
 @dataclass(frozen=True)
 class StudyConfig:
     """The whole study: one training run per size, all evaluated and analysed alike."""
 
-    sizes: tuple[int, ...] = (32, 64, 128, 256)
+    sizes: tuple[int, ...] = (16, 32, 64, 128)
     """Training-set sizes n."""
-    steps_per_n: float = 120.0
+    steps_per_n: float = 40.0
     """Each run trains for max(min_steps, steps_per_n * n) steps."""
-    min_steps: int = 4000
+    min_steps: int = 2000
     """The least number of steps of any run."""
-    train: TrainConfig = field(default_factory=TrainConfig)
-    """Training settings shared by every size (n and steps are set per run)."""
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(draws=QUICK_DRAWS))
+    """Training settings shared by every size (n and steps are set per run); the study's default takes
+    every example 16 times per step (``draws``, docs/dynamics.md "What sets the two clocks")."""
     eval: EvalConfig = field(default_factory=EvalConfig)
     """How each checkpoint is evaluated."""
     rules: TimeRules = field(default_factory=TimeRules)
     """How tau_gen and tau_mem are read off the curves."""
     subsets: int = 1
     """Disjoint training subsets per size, each its own run (trained together as one vectorized ensemble)."""
+    ensemble: bool = True
+    """Train the subsets of a size as one vectorized ensemble (one job per size); False: one job per run,
+    which keeps every worker busy when the largest size dominates the time (the runs are the same)."""
     ks: tuple[float, ...] = (0.25, 1 / 3, 0.5)
     """Ratio thresholds k at which tau_mem and its exponent are also reported (from the same samples)."""
     collapse_levels: tuple[float, ...] = (0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5)
     """f_mem levels whose crossing times give the collapse exponent alpha (those every run reaches)."""
-    max_steps_per_n: float | None = 480.0
+    max_steps_per_n: float | None = 160.0
     """Runs not yet memorizing are extended (budget doubled) up to max(min_steps, this * n) (never if <= steps_per_n)"""
     until_f_mem: float = 0.0
     """Besides reaching tau_mem, a run is extended until f_mem at its last checkpoint reaches this level."""
@@ -122,19 +131,19 @@ class StudyConfig:
 
 
 PRESETS: dict[str, StudyConfig] = {
-    # the quick default: onset of memorization at 4 sizes, one subset each (about 9 minutes on 2 cores)
+    # the quick default: 4 sizes spanning 8x, one subset each, full batches with every example drawn
+    # 16 times per step, 40 n steps (about 10 minutes on 2 cores; docs/dynamics.md)
     "quick": StudyConfig(),
-    # into the memorization regime: 4 sizes spanning 8x, 2 disjoint subsets each, model space
-    # 4 (pixels - mean) (memorizes ~3x sooner per example than 2x), 800 n steps, a run short of
-    # f_mem = 0.5 extended once to 1600 n (docs/dynamics.md)
+    # into the memorization regime: the same training, 2 disjoint subsets per size, model space
+    # 4 (pixels - mean), 100 n steps and 40 checkpoints; a run short of f_mem = 0.5 is extended to 160 n;
+    # one job per run (the two n = 128 runs take most of the time: one per core)
     "full": StudyConfig(
-        sizes=(16, 32, 64, 128),
         subsets=2,
-        steps_per_n=800.0,
-        min_steps=4000,
-        max_steps_per_n=1600.0,
+        ensemble=False,
+        steps_per_n=100.0,
+        max_steps_per_n=160.0,
         until_f_mem=0.5,
-        train=TrainConfig(scale=4.0, checkpoints=40),
+        train=TrainConfig(scale=4.0, checkpoints=40, draws=QUICK_DRAWS),
     ),
 }
 """Named studies for ``diffmem dynamics --preset NAME``; flags given on the command line override them."""
@@ -146,24 +155,29 @@ ANALYSIS_ONLY = ("rules", "ks", "collapse_levels")
 
 def study_jobs(cfg: StudyConfig, out: Path, device: str = "cpu") -> list[Job]:
     """One job per size, largest first (the longest runs start first, which balances the workers);
-    the subsets of a size are trained together as one vectorized ensemble."""
-    jobs = []
-    for n in sorted(cfg.sizes, reverse=True):
-        subsets = range(cfg.subsets)
-        jobs.append(
-            Job(
-                f"n={n}",
-                tuple(cfg.run_config(n, s) for s in subsets),
-                cfg.eval,
-                tuple(str(out / cfg.run_dir(n, s)) for s in subsets),
-                device,
-                group_dir=str(out / "runs" / f"n_{n:05d}_ensemble") if cfg.subsets > 1 else None,
-                max_steps=cfg.max_steps_for(n),
-                until_f_mem=cfg.until_f_mem,
-                rules=cfg.rules,
-            )
+    the subsets of a size are trained together as one vectorized ensemble, or with ``ensemble=False``
+    each as a job of its own (largest size first, then subset)."""
+    groups = [
+        (f"n={n}", n, tuple(range(cfg.subsets)))
+        if cfg.ensemble or cfg.subsets == 1
+        else (f"n={n} s{s}", n, (s,))
+        for n in sorted(cfg.sizes, reverse=True)
+        for s in (range(1) if cfg.ensemble or cfg.subsets == 1 else range(cfg.subsets))
+    ]
+    return [
+        Job(
+            name,
+            tuple(cfg.run_config(n, s) for s in subsets),
+            cfg.eval,
+            tuple(str(out / cfg.run_dir(n, s)) for s in subsets),
+            device,
+            group_dir=str(out / "runs" / f"n_{n:05d}_ensemble") if len(subsets) > 1 else None,
+            max_steps=cfg.max_steps_for(n),
+            until_f_mem=cfg.until_f_mem,
+            rules=cfg.rules,
         )
-    return jobs
+        for name, n, subsets in groups
+    ]
 
 
 def check_sizes(cfg: StudyConfig) -> None:
@@ -427,7 +441,7 @@ def run_study(
     device = str(resolve_device(device))
     out = Path(out)
     check_sizes(cfg)  # fail fast on impossible sizes, before any work
-    claim_folder(out, cfg, analysis_only=ANALYSIS_ONLY, absent_means={"train": ADDED_SETTINGS})
+    claim_folder(out, cfg, analysis_only=ANALYSIS_ONLY, absent_means={"ensemble": True, "train": ADDED_SETTINGS})
     t0 = time.time()
     jobs = study_jobs(cfg, out, device)
     res = run_jobs(jobs, workers=workers, show_progress=show_progress)
