@@ -6,7 +6,10 @@ Trains K runs of the default MLP (width 256) on K disjoint digits subsets of siz
 model-steps per second and the speed-up. Checkpoint and state writes are kept out of the timing by
 a single checkpoint at the end.
 
-    python benchmarks/bench_ensemble.py --n 32 --k 2 4 8
+    python benchmarks/bench_ensemble.py --n 16 --k 2 4 8
+
+The defaults are the quick study's smallest size and training (n = 16, every example drawn 16 times
+per step); ``--draws 1`` gives the one-draw training of earlier versions.
 """
 
 from __future__ import annotations
@@ -20,10 +23,11 @@ from pathlib import Path
 import torch
 
 from diffmem.dynamics.ensemble import train_ensemble
+from diffmem.dynamics.study import QUICK_DRAWS
 from diffmem.dynamics.training import TrainConfig, train
 
 
-def _cfgs(n: int, k: int, steps: int, batch: int | None, replacement: bool) -> list[TrainConfig]:
+def _cfgs(n: int, k: int, steps: int, batch: int | None, replacement: bool, draws: int) -> list[TrainConfig]:
     return [
         TrainConfig(
             n=n,
@@ -35,16 +39,17 @@ def _cfgs(n: int, k: int, steps: int, batch: int | None, replacement: bool) -> l
             log_every=steps,
             batch_size=batch,
             batch_replacement=replacement,
+            draws=draws,
         )
         for i in range(k)
     ]
 
 
-def measure(n: int, k: int, steps: int, batch: int | None, replacement: bool) -> dict:
+def measure(n: int, k: int, steps: int, batch: int | None, replacement: bool, draws: int = QUICK_DRAWS) -> dict:
     torch.set_num_threads(1)
-    cfgs = _cfgs(n, k, steps, batch, replacement)
+    cfgs = _cfgs(n, k, steps, batch, replacement, draws)
     with tempfile.TemporaryDirectory() as d:
-        warm = _cfgs(n, 2, 20, batch, replacement)  # data loading, torch and vmap start-up out of the timing
+        warm = _cfgs(n, 2, 20, batch, replacement, draws)  # data loading, torch and vmap start-up out of the timing
         train(warm[0], Path(d) / "warm")
         train_ensemble(warm, [Path(d) / "warm0", Path(d) / "warm1"], Path(d) / "warm_group")
         t = time.perf_counter()
@@ -59,6 +64,7 @@ def measure(n: int, k: int, steps: int, batch: int | None, replacement: bool) ->
         "k": k,
         "batch": batch or n,
         "replacement": replacement,
+        "draws": draws,
         "sequential_model_steps_per_s": k * steps / seq,
         "ensemble_model_steps_per_s": k * steps / ens,
         "speedup": seq / ens,
@@ -67,17 +73,21 @@ def measure(n: int, k: int, steps: int, batch: int | None, replacement: bool) ->
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--n", type=int, nargs="+", default=[32])
+    ap.add_argument("--n", type=int, nargs="+", default=[16])
     ap.add_argument("--k", type=int, nargs="+", default=[2, 4])
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--batch", type=int, default=None, help="batch size (default: full batch n)")
     ap.add_argument("--replacement", action="store_true", help="draw batches with replacement")
+    ap.add_argument(
+        "--draws", type=int, default=QUICK_DRAWS, help="draws per example per step (default: the quick study's)"
+    )
     ap.add_argument("--out", default="runs/bench_ensemble.json")
     args = ap.parse_args()
-    rows = [measure(n, k, args.steps, args.batch, args.replacement) for n in args.n for k in args.k]
+    rows = [measure(n, k, args.steps, args.batch, args.replacement, args.draws) for n in args.n for k in args.k]
     for r in rows:
         print(
-            f"n={r['n']:>4} K={r['k']:>2} batch={r['batch']:>4}: sequential {r['sequential_model_steps_per_s']:7.1f}, "
+            f"n={r['n']:>4} K={r['k']:>2} batch={r['batch']:>4} x{r['draws']}: "
+            f"sequential {r['sequential_model_steps_per_s']:7.1f}, "
             f"ensemble {r['ensemble_model_steps_per_s']:7.1f} model-steps/s -> {r['speedup']:.2f}x"
         )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
