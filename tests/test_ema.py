@@ -9,6 +9,7 @@ import torch
 from diffmem import io as dio
 from diffmem.dynamics.ensemble import train_ensemble
 from diffmem.dynamics.training import TrainConfig, build_model, ema_decay, list_checkpoints, load_split, train
+from setting_checks import resumes_and_ensembles_alike
 
 KW = dict(n=12, width=32, steps=30, first_checkpoint=1, resume_every=10, log_every=10)
 
@@ -43,26 +44,9 @@ def test_matches_diffusers_ema_model(tmp_path):
 
 def test_ema_run_resumes_exactly_and_ensemble_matches(tmp_path):
     cfg = TrainConfig(**KW, checkpoints=4, ema=0.95)
-    full = train(cfg, tmp_path / "full")
-
-    def stop(step, total):
-        if step == 20:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        train(cfg, tmp_path / "part", progress=stop)
-    train(cfg, tmp_path / "part")
-    for (_, a), (_, b) in zip(list_checkpoints(full), list_checkpoints(tmp_path / "part")):
-        assert a.read_bytes() == b.read_bytes()
     cfgs = [cfg, TrainConfig(**KW, checkpoints=4, ema=0.95, subset_index=1, seed=3)]
+    resumes_and_ensembles_alike(cfgs[0], cfgs[1], tmp_path)
     dirs = [tmp_path / "e0", tmp_path / "e1"]
-    train_ensemble(cfgs, dirs, tmp_path / "group")
-    alone1 = train(cfgs[1], tmp_path / "alone1")
-    for d, ref in zip(dirs, [full, alone1]):
-        for (_, a), (_, b) in zip(list_checkpoints(d), list_checkpoints(ref)):
-            ta, tb = dio.load_tensors(a)[0], dio.load_tensors(b)[0]
-            for k in ta:
-                torch.testing.assert_close(ta[k], tb[k], atol=2e-5, rtol=1e-4)
     with pytest.raises(ValueError, match="ema"):
         train_ensemble([cfgs[0], TrainConfig(**KW, checkpoints=4, subset_index=1)], dirs, tmp_path / "g2")
 
