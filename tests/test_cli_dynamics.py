@@ -4,9 +4,9 @@ import json
 import os
 
 import pytest
-import torch
 
 from diffmem.cli import main
+from setting_checks import same_checkpoints
 
 TINY = [
     "--sizes",
@@ -185,13 +185,7 @@ def test_subsets_train_as_an_ensemble_and_are_reported(tmp_path):
     assert not (sep / "runs" / "n_00016_ensemble").exists()
     for run in ("n_00016_s0", "n_00016_s1", "n_00024_s0", "n_00024_s1"):
         assert (sep / "runs" / run / "state.safetensors").is_file()
-        got = sorted((sep / "runs" / run / "checkpoints").glob("*.safetensors"))
-        want = sorted((out / "runs" / run / "checkpoints").glob("*.safetensors"))
-        assert [p.name for p in got] == [p.name for p in want] and got
-        for p, q in zip(got, want):
-            tp, tq = dio.load_tensors(p)[0], dio.load_tensors(q)[0]
-            for k in tp:
-                assert torch.allclose(tp[k], tq[k], atol=2e-5, rtol=1e-4), (run, p.name, k)
+        same_checkpoints(sep / "runs" / run, out / "runs" / run)
     # a folder trained one way is not resumed the other way
     assert main(["dynamics", "--out", str(out), *args, "--subsets", "2", "--no-ensemble"]) == 2
 

@@ -63,14 +63,13 @@ def test_draws_divide_the_gradient_variance_without_moving_its_mean():
 
 def test_draws_in_runs_ensembles_resume_and_old_folders(tmp_path):
     cfg = TrainConfig(**KW, draws=4)
-    full = train(cfg, tmp_path / "full")
+    cfgs = [cfg, TrainConfig(**KW, draws=4, subset_index=1, seed=2)]
+    full = resumes_and_ensembles_alike(cfgs[0], cfgs[1], tmp_path)
     plain = train(TrainConfig(**KW), tmp_path / "plain")
     a = dio.load_tensors(list_checkpoints(full)[-1][1])[0]
     b = dio.load_tensors(list_checkpoints(plain)[-1][1])[0]
     assert any(not torch.allclose(a[k], b[k]) for k in a)  # the setting changes the training
 
-    cfgs = [cfg, TrainConfig(**KW, draws=4, subset_index=1, seed=2)]
-    assert resumes_and_ensembles_alike(cfgs[0], cfgs[1], tmp_path / "checks") is not None
     dirs = [tmp_path / "e0", tmp_path / "e1"]
     with pytest.raises(ValueError, match="draws"):
         train_ensemble([cfgs[0], TrainConfig(**KW, subset_index=1)], dirs, tmp_path / "g2")

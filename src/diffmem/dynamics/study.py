@@ -157,11 +157,11 @@ def study_jobs(cfg: StudyConfig, out: Path, device: str = "cpu") -> list[Job]:
     """One job per size, largest first (the longest runs start first, which balances the workers);
     the subsets of a size are trained together as one vectorized ensemble, or with ``ensemble=False``
     each as a job of its own (largest size first, then subset)."""
-    groups = [
-        (f"n={n}", n, tuple(range(cfg.subsets))) if cfg.ensemble or cfg.subsets == 1 else (f"n={n} s{s}", n, (s,))
-        for n in sorted(cfg.sizes, reverse=True)
-        for s in (range(1) if cfg.ensemble or cfg.subsets == 1 else range(cfg.subsets))
-    ]
+    sizes = sorted(cfg.sizes, reverse=True)
+    if cfg.ensemble or cfg.subsets == 1:
+        groups = [(f"n={n}", n, tuple(range(cfg.subsets))) for n in sizes]
+    else:
+        groups = [(f"n={n} s{s}", n, (s,)) for n in sizes for s in range(cfg.subsets)]
     return [
         Job(
             name,
