@@ -68,7 +68,8 @@ class StudyConfig:
     rules: TimeRules = field(default_factory=TimeRules)
     """How tau_gen and tau_mem are read off the curves."""
     subsets: int = 1
-    """Disjoint training subsets per size, each its own run (trained together as one vectorized ensemble)."""
+    """Disjoint training subsets per size, each its own run (trained together as one vectorized ensemble
+    unless the ensemble is turned off)."""
     ensemble: bool = True
     """Train the subsets of a size as one vectorized ensemble (one job per size); False: one job per run,
     which keeps every worker busy when the largest size dominates the time (the runs are the same)."""
