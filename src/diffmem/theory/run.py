@@ -202,7 +202,10 @@ def run_spectrum(cfg: SpectrumConfig, out: str | Path | None = None, plot: bool 
         delta_t, gamma_t, alpha, ...); ``lambda`` and ``density`` (lists of ``cfg.n_points`` floats: the grid
         and the continuous part of the eigenvalue density of U); ``converged`` (list of bool) and
         ``n_unconverged``; ``delta_peak_weight`` (exact, max(0, 1 - (1 + psi_n)/psi_p)) and
-        ``delta_peak_weight_solver``; ``edges`` ([[lo, hi], ...] of the bulks); ``lambda_min``; ``mass`` and
+        ``delta_peak_weight_solver`` with ``delta_peak_weight_floor`` (its resolution) and ``delta_peak_resolved``;
+        ``edges`` ([[lo, hi], ...] of the bulks) with ``bulk_weights`` and ``bulk_roles``; ``memorization_bulk``,
+        ``population_bulk`` ([lo, hi] or None) and their ``..._weight``; ``lambda_min`` (the left edge of the
+        memorization bulk, None if there is none); ``mass`` and
         ``mass_expected``; ``asymptotic`` and ``asymptotic_density`` (Theorem 3.2, ``None`` for a mixture
         covariance); ``solver_seconds``; with ``cfg.simulate`` also ``simulation`` (p, n, d, matrix,
         histogram, ks_distance); with ``plot`` also ``figures`` (list of paths, not in the file).
@@ -241,7 +244,15 @@ def run_spectrum(cfg: SpectrumConfig, out: str | Path | None = None, plot: bool 
         "n_unconverged": d["n_unconverged"],
         "delta_peak_weight": d["delta_peak_weight"],
         "delta_peak_weight_solver": d["delta_peak_weight_solver"],
+        "delta_peak_weight_floor": d["delta_peak_weight_floor"],
+        "delta_peak_resolved": d["delta_peak_resolved"],
         "edges": d["edges"],
+        "bulk_weights": d["bulk_weights"],
+        "bulk_roles": d["bulk_roles"],
+        "memorization_bulk": d["memorization_bulk"],
+        "memorization_bulk_weight": d["memorization_bulk_weight"],
+        "population_bulk": d["population_bulk"],
+        "population_bulk_weight": d["population_bulk_weight"],
         "lambda_min": d["lambda_min"],
         "mass": d["mass"],
         "mass_expected": d["mass_expected"],
