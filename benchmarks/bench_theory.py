@@ -61,7 +61,14 @@ def bench_spectrum(d: int, seed: int) -> dict:
         "n": n,
         "delta_peak_weight_theory": spec.delta_peak_weight,
         "delta_peak_weight_solver": spec.delta_peak_weight_solver,
+        "delta_peak_weight_floor": spec.delta_peak_weight_floor,
         "delta_peak_weight_ge_count": float(at_s2.mean()),
+        "bulk_roles": spec.bulk_roles,
+        "bulk_weights": spec.bulk_weights,
+        "memorization_bulk_weight": spec.memorization_bulk_weight,
+        "population_bulk_weight": spec.population_bulk_weight,
+        # Gaussian-equivalent eigenvalues in the gap-separated bulks: n in the memorization bulk, d in the population
+        "ge_count_memorization": _count_in(ge[~at_s2], spec.memorization_bulk, spec.population_bulk),
         "ks_ge": _ks(spec, ge[~at_s2]),
         "ks_exact_top": _ks(spec, np.sort(ex)[-k:]),
         "edges": spec.edges,
@@ -70,6 +77,13 @@ def bench_spectrum(d: int, seed: int) -> dict:
         "exact_quantiles": {str(q): float(np.quantile(np.sort(ex)[-k:], q)) for q in (0.05, 0.5, 0.95)},
         "ge_quantiles": {str(q): float(np.quantile(np.sort(ge)[-k:], q)) for q in (0.05, 0.5, 0.95)},
     }
+
+
+def _count_in(eigs: np.ndarray, bulk: list | None, above: list | None) -> int | None:
+    """Eigenvalues from the bottom of ``bulk`` to the middle (geometric) of the gap below the bulk ``above``."""
+    if bulk is None or above is None:
+        return None
+    return int(np.sum((eigs >= 0.5 * bulk[0]) & (eigs < np.sqrt(bulk[1] * above[0]))))
 
 
 def bench_large_ge(d: int, seed: int) -> dict:
@@ -254,7 +268,9 @@ def main() -> None:
         print(
             f"  d={s['d']} p={s['p']} n={s['n']}: KS(GE)={s['ks_ge']:.4f} KS(exact, top n+d)={s['ks_exact_top']:.4f}; "
             f"delta weight theory {s['delta_peak_weight_theory']:.6f} solver {s['delta_peak_weight_solver']:.6f} "
-            f"GE count {s['delta_peak_weight_ge_count']:.6f}"
+            f"(floor {s['delta_peak_weight_floor']:.2g}) GE count {s['delta_peak_weight_ge_count']:.6f}; "
+            f"bulks {s['bulk_roles']}; GE eigenvalues in the memorization bulk {s['ge_count_memorization']} "
+            f"(n={s['n']})"
         )
         write_json(out / "bench_theory.json", res)
     if "large" not in args.skip:
