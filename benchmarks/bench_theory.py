@@ -12,7 +12,10 @@ Checks, at full size, what the unit tests check at small d:
    p x p matrix at the largest d both can do here (--eig-d);
 3. closed-form L_train, L_test against explicit full-batch gradient descent (fresh noise per step, tanh),
    psi_p = 64, psi_n in {4, 8, 16, 32}, t = 0.1, d = 100;
-4. the fitted exponent of the predicted tau_mem against psi_n over {4, ..., 32}.
+4. the fitted exponent of the predicted tau_mem against psi_n over {4, ..., 32};
+5. which bulk carries memorization: the generalization gap L_gen at the end of training (Gaussian-equivalent
+   closed form, d = 100) with the directions of each bulk left out, and each bulk's share of the drop of L_train,
+   at psi_p = 64, psi_n in {4, 8}, t in {0.01, 0.1}.
 
 Prints a table and writes ``bench_theory.json`` into --out.
 """
@@ -61,7 +64,14 @@ def bench_spectrum(d: int, seed: int) -> dict:
         "n": n,
         "delta_peak_weight_theory": spec.delta_peak_weight,
         "delta_peak_weight_solver": spec.delta_peak_weight_solver,
+        "delta_peak_weight_floor": spec.delta_peak_weight_floor,
         "delta_peak_weight_ge_count": float(at_s2.mean()),
+        "bulk_roles": spec.bulk_roles,
+        "bulk_weights": spec.bulk_weights,
+        "memorization_bulk_weight": spec.memorization_bulk_weight,
+        "population_bulk_weight": spec.population_bulk_weight,
+        # Gaussian-equivalent eigenvalues in the gap-separated bulks: n in the memorization bulk, d in the population
+        "ge_count_memorization": _count_in(ge[~at_s2], spec.memorization_bulk, spec.population_bulk),
         "ks_ge": _ks(spec, ge[~at_s2]),
         "ks_exact_top": _ks(spec, np.sort(ex)[-k:]),
         "edges": spec.edges,
@@ -70,6 +80,13 @@ def bench_spectrum(d: int, seed: int) -> dict:
         "exact_quantiles": {str(q): float(np.quantile(np.sort(ex)[-k:], q)) for q in (0.05, 0.5, 0.95)},
         "ge_quantiles": {str(q): float(np.quantile(np.sort(ge)[-k:], q)) for q in (0.05, 0.5, 0.95)},
     }
+
+
+def _count_in(eigs: np.ndarray, bulk: list | None, above: list | None) -> int | None:
+    """Eigenvalues from the bottom of ``bulk`` to the middle (geometric) of the gap below the bulk ``above``."""
+    if bulk is None or above is None:
+        return None
+    return int(np.sum((eigs >= 0.5 * bulk[0]) & (eigs < np.sqrt(bulk[1] * above[0]))))
 
 
 def bench_large_ge(d: int, seed: int) -> dict:
@@ -212,6 +229,53 @@ def bench_dynamics(d: int, psi_ns, max_steps: int, seed: int) -> dict:
     return {"runs": runs, "tau_mem_fit": fit, "predicted": {str(pn): predicted_times(c, psi_p, pn) for pn in grid}}
 
 
+def _gap_without(es, mask: np.ndarray) -> float:
+    """L_gen at the end of training of the closed form with the directions in ``mask`` left out."""
+    import dataclasses
+
+    from diffmem.theory import closed_form_losses
+
+    keep = ~mask
+    sub = dataclasses.replace(es, lam=es.lam[keep], P=es.P[keep], Q=es.Q[np.ix_(keep, keep)], R=es.R[keep])
+    return float(closed_form_losses(sub, [np.inf]).L_gen[0])
+
+
+def bench_bulks(d: int, seed: int) -> dict:
+    from diffmem.theory import eigensystem_gaussian_equivalent, make_problem, rf_constants, spectral_density
+
+    rows = []
+    for t in (0.01, 0.1):
+        c = rf_constants(t)
+        for psi_n in (4.0, 8.0):
+            spec = spectral_density(constants=c, psi_p=64.0, psi_n=psi_n)
+            es = eigensystem_gaussian_equivalent(make_problem(d, 64.0, psi_n, t, seed=seed), c, seed=seed + 1)
+            # each eigenvalue goes to the bulk whose gap-midpoints (geometric) enclose it
+            cuts = [np.sqrt(a[1] * b[0]) for a, b in zip(spec.edges[:-1], spec.edges[1:])]
+            which = np.searchsorted(cuts, es.lam)
+            drop = np.sum(es.P**2, axis=1) / es.lam / es.d  # L_train(0) - L_train(inf), per direction
+
+            rows.append(
+                {
+                    "t": t,
+                    "psi_n": psi_n,
+                    "L_gen_end": _gap_without(es, np.zeros(es.lam.size, bool)),
+                    "bulks": [
+                        {
+                            "edges": e,
+                            "role": r,
+                            "weight": w,
+                            "n_directions": int(np.sum(which == i)),
+                            "L_train_drop": float(drop[which == i].sum()),
+                            "L_gen_end_without": _gap_without(es, which == i),
+                            "tau_left_edge": 64.0 / (c.delta * e[0]),
+                        }
+                        for i, (e, r, w) in enumerate(zip(spec.edges, spec.bulk_roles, spec.bulk_weights))
+                    ],
+                }
+            )
+    return {"d": d, "psi_p": 64.0, "rows": rows}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="runs/bench_theory")
@@ -222,7 +286,7 @@ def main() -> None:
         "--eig-d", type=int, nargs="+", default=[50, 100, 150], help="d of the dense eigvalsh timings (p = 64 d)"
     )
     ap.add_argument("--large-d", type=int, default=400, help="d of the large Gaussian-equivalent check (p = 64 d)")
-    ap.add_argument("--skip", nargs="*", default=[], choices=["spectrum", "speed", "dynamics", "large"])
+    ap.add_argument("--skip", nargs="*", default=[], choices=["spectrum", "speed", "dynamics", "large", "bulks"])
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     from diffmem.io import write_json
@@ -254,7 +318,9 @@ def main() -> None:
         print(
             f"  d={s['d']} p={s['p']} n={s['n']}: KS(GE)={s['ks_ge']:.4f} KS(exact, top n+d)={s['ks_exact_top']:.4f}; "
             f"delta weight theory {s['delta_peak_weight_theory']:.6f} solver {s['delta_peak_weight_solver']:.6f} "
-            f"GE count {s['delta_peak_weight_ge_count']:.6f}"
+            f"(floor {s['delta_peak_weight_floor']:.2g}) GE count {s['delta_peak_weight_ge_count']:.6f}; "
+            f"bulks {s['bulk_roles']}; GE eigenvalues in the memorization bulk {s['ge_count_memorization']} "
+            f"(n={s['n']})"
         )
         write_json(out / "bench_theory.json", res)
     if "large" not in args.skip:
@@ -262,6 +328,17 @@ def main() -> None:
         res["large"] = s = bench_large_ge(args.large_d, args.seed)
         print(f"  p={s['p']}: KS={s['ks_ge']:.4f}, delta count {s['delta_count']:.6f}, {s['ge_eigs_s']:.1f} s")
         write_json(out / "bench_theory.json", res)
+    if "bulks" not in args.skip:
+        print("which bulk carries memorization ...", flush=True)
+        res["bulks"] = bulks = bench_bulks(args.d, args.seed)
+        write_json(out / "bench_theory.json", res)
+        for row in bulks["rows"]:
+            parts = "; ".join(
+                f"[{b['edges'][0]:.3g}, {b['edges'][1]:.3g}] {b['role']} ({b['n_directions']} directions): "
+                f"L_train drop {b['L_train_drop']:.3f}, L_gen without it {b['L_gen_end_without']:.3g}"
+                for b in row["bulks"]
+            )
+            print(f"  t={row['t']} psi_n={row['psi_n']:g}: L_gen at the end {row['L_gen_end']:.3g}; {parts}")
     if "dynamics" not in args.skip:
         print("closed form vs gradient descent ...", flush=True)
         res["dynamics"] = dyn = bench_dynamics(args.d, args.psi_n, args.gd_max_steps, args.seed)

@@ -257,6 +257,84 @@ def test_spectrum_rejects_and_flags(monkeypatch):
     assert s.to_dict()["n_unconverged"] == 1
 
 
+def _counts_between(eigs, s2, cuts):
+    """Eigenvalues of a Gaussian-equivalent U outside the delta peak, counted between consecutive cuts."""
+    rest = eigs[np.abs(eigs - s2) > 1e-9 * s2]
+    return [int(((rest > lo) & (rest <= hi)).sum()) for lo, hi in zip(cuts[:-1], cuts[1:])]
+
+
+@pytest.mark.parametrize(
+    "psi_p,psi_n,roles",
+    [
+        (64.0, 8.0, ["memorization", "memorization", "population"]),  # the paper's spectrum settings
+        (64.0, 0.5, ["memorization", "population", "population"]),  # n < d: the population part splits in two
+        (4.0, 8.0, ["sample_specific", "population"]),  # n > p: no memorization bulk
+    ],
+)
+def test_bulk_roles_match_gaussian_equivalent_counts(psi_p, psi_n, roles):
+    """The memorization and population bulks hold the n and d directions of brute-force eigenvalues."""
+    s = spectral_density(0.01, psi_p, psi_n)
+    assert s.bulk_roles == roles
+    prob = make_problem(40, psi_p, psi_n, 0.01, seed=0)
+    e = ge_eigenvalues(gaussian_equivalent(prob, s.constants, seed=1))
+    pop = s.population_bulk
+    below = [s.edges[i] for i, r in enumerate(roles) if r != "population"]
+    cut = math.sqrt(below[-1][1] * pop[0])  # in the gap between the population bulk and the bulks below it
+    n_below, n_pop = _counts_between(e, s.constants.s2, [0.0, cut, math.inf])
+    assert n_pop == prob.d
+    assert n_below == min(prob.n, prob.p - prob.d)
+    assert s.population_bulk_weight == pytest.approx(prob.d / prob.p, rel=0.03)
+    if psi_n < psi_p:
+        assert s.memorization_bulk == [below[0][0], below[-1][1]]
+        assert s.memorization_bulk_weight == pytest.approx(n_below / prob.p, rel=0.03)  # Theorem 3.2: psi_n/psi_p
+        assert s.lambda_min == s.memorization_bulk[0]
+    else:
+        assert s.memorization_bulk is None and s.memorization_bulk_weight is None and s.lambda_min is None
+        assert s.bulk_weights[0] == pytest.approx((prob.p - prob.d) / prob.p, rel=0.03)
+
+
+def test_memorization_bulk_carries_the_generalization_gap():
+    """Dropping the directions of the memorization bulk from the closed form removes the generalization gap at the
+    end of training; its lower part (d directions just above s_t^2) carries most of it, its upper part little."""
+    import dataclasses as dc
+
+    from diffmem.theory import eigensystem_gaussian_equivalent
+
+    c = rf_constants(0.1)
+    s = spectral_density(constants=c, psi_p=64.0, psi_n=8.0)
+    assert s.bulk_roles == ["memorization", "memorization", "population"]
+    es = eigensystem_gaussian_equivalent(make_problem(20, 64.0, 8.0, 0.1, seed=0), c, seed=1)
+    cuts = [math.sqrt(s.edges[i][1] * s.edges[i + 1][0]) for i in range(2)]
+
+    def gap_without(mask):
+        keep = ~mask
+        sub = dc.replace(es, lam=es.lam[keep], P=es.P[keep], Q=es.Q[np.ix_(keep, keep)], R=es.R[keep])
+        return float(closed_form_losses(sub, [math.inf]).L_gen[0])
+
+    full = gap_without(np.zeros(es.lam.size, bool))
+    assert full > 1.0
+    assert gap_without(es.lam < cuts[1]) < 0.1 * full  # the whole memorization bulk
+    assert gap_without(es.lam < cuts[0]) < 0.1 * full  # its lower part alone
+    assert gap_without((es.lam > cuts[0]) & (es.lam < cuts[1])) > 0.8 * full  # its upper part alone
+    assert gap_without(es.lam > cuts[1]) > 0.3 * full  # the population bulk is not where the gap comes from
+
+
+def test_delta_peak_weight_floor():
+    """The solver's delta weight is within its floor of the exact rank count; where the exact weight is 0 (p = n + d,
+    a hard edge at s_t^2) the solver's value is > 0 but below its floor, and an unconverged solve has floor inf."""
+    ok = spectral_density(0.01, 64.0, 8.0, n_points=60)
+    assert abs(ok.delta_peak_weight_solver - ok.delta_peak_weight) <= ok.delta_peak_weight_floor
+    assert ok.delta_peak_weight_floor < 1e-3 * ok.delta_peak_weight and ok.delta_peak_resolved
+    for psi_p, psi_n in ((2.0, 1.0), (4.0, 8.0)):
+        z = spectral_density(0.1, psi_p, psi_n, n_points=60)
+        assert z.delta_peak_weight == 0.0
+        assert 0.0 < z.delta_peak_weight_solver <= z.delta_peak_weight_floor and not z.delta_peak_resolved
+    edge = spectral_density(0.1, 2.0, 1.0, n_points=60)
+    assert edge.delta_peak_weight_solver > 1e-4  # the continuous density piled up at s_t^2 leaks into the residue
+    d = edge.to_dict()
+    assert d["delta_peak_weight_floor"] == edge.delta_peak_weight_floor and d["delta_peak_resolved"] is False
+
+
 # ------------------------------------------------------------------------------------------------ simulation
 def test_exact_matrices_match_monte_carlo_noise():
     prob = make_problem(8, 4.0, 2.0, 0.3, seed=0)
@@ -324,6 +402,48 @@ def test_gradient_descent_matches_closed_form():
     assert np.max(np.abs(gd.L_test / ref.L_test - 1)) < 0.04
     # the curves move a lot over this range, so agreement is not trivial
     assert ref.L_train[0] - ref.L_train[-1] > 0.1
+
+
+def test_paper_code_time_axis_matches_closed_form():
+    """Gradient descent written as the paper's public script does it (readout B = A / sqrt p, step 1e-2 d / Delta_t
+    on B, time k * step) follows diffmem's closed form at tau = (psi_p / d) k step, and not at the raw time."""
+    from diffmem.theory import paper_code_learning_rate, paper_code_time_from_tau, tau_from_paper_code_time
+
+    d, psi_p, psi_n, t = 8, 32.0, 8.0, 0.1  # psi_p / d = 4: the converted and the raw time are far apart
+    prob = make_problem(d, psi_p, psi_n, t, seed=0)
+    U, V = exact_matrices(prob)
+    pop = population_matrices(prob)
+    p, n, delta = prob.p, prob.n, prob.delta
+    lr = paper_code_learning_rate(d, t)
+    assert lr == pytest.approx(1e-2 * d / (1 - math.exp(-2 * t)), rel=1e-14)
+    record = {100, 700, 2500, 6400}
+    rng = np.random.default_rng(1)
+    base = math.exp(-t) * prob.W @ prob.X / math.sqrt(d)
+    Wd = prob.W / math.sqrt(d)
+    B_mean = np.zeros((d, p))  # descent on the noise-averaged loss (1/(n d)) sum E|sqrt(Delta) B phi + xi|^2
+    B_sgd = np.zeros((d, p))  # one fresh noise draw per training point and step, as in the script
+    got: dict[str, list[float]] = {"mean": [], "sgd": []}
+    for k in range(1, max(record) + 1):
+        B_mean -= lr * ((2 * delta / d) * B_mean @ U + (2 * math.sqrt(delta) / d) * V.T)
+        xi = rng.standard_normal((d, n))
+        phi = np.tanh(base + math.sqrt(delta) * Wd @ xi)
+        B_sgd -= lr * (2 * math.sqrt(delta) / (n * d)) * (math.sqrt(delta) * B_sgd @ phi + xi) @ phi.T
+        if k in record:
+            for key, B in (("mean", B_mean), ("sgd", B_sgd)):
+                got[key].append(quadratic_losses(math.sqrt(p) * B, U, V, delta))  # the same score as A = sqrt(p) B
+    time = lr * np.array(sorted(record), dtype=float)
+    tau = tau_from_paper_code_time(time, psi_p, d)
+    assert tau == pytest.approx(p * time / d**2, rel=1e-14)
+    assert paper_code_time_from_tau(tau, psi_p, d) == pytest.approx(time, rel=1e-14)
+    ref = exact_curves(prob, tau, matrices=(U, V, pop)).L_train
+    assert ref[0] - ref[-1] > 0.1  # the curve moves: agreement is not trivial
+    err = {k: float(np.max(np.abs(np.array(v) / ref - 1))) for k, v in got.items()}
+    assert err["mean"] < 2e-4, err  # only the step's discretisation separates descent from the flow
+    assert err["sgd"] < 0.04, err  # plus the fluctuation excess of the fresh noise, ~ (step / stability limit) / psi_n
+    wrong = exact_curves(prob, time, matrices=(U, V, pop)).L_train  # reading the script's time as tau
+    assert np.max(np.abs(np.array(got["mean"]) - wrong)) > 0.04
+    with pytest.raises(ValueError, match=r"d must be an integer >= 1 \(got 0\)"):
+        tau_from_paper_code_time(1.0, psi_p, 0)
 
 
 def test_tau_mem_exponent_and_times():
@@ -599,7 +719,7 @@ def test_configuration_defaults_and_help():
         assert not missing, (cls.__name__, missing)
 
 
-@pytest.mark.parametrize("module", ["constants", "spectrum", "phase", "run"])
+@pytest.mark.parametrize("module", ["constants", "spectrum", "phase", "run", "time_axis"])
 def test_docstring_examples(module):
     mod = importlib.import_module(f"diffmem.theory.{module}")
     res = doctest.testmod(mod, optionflags=doctest.NORMALIZE_WHITESPACE)

@@ -8,12 +8,11 @@ Notation: ``alpha_bar[k] = prod_{j<=k} (1 - beta_j)``; the forward process is
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import torch
 
-__all__ = ["Schedule", "alpha_bar_from_ou_time", "linear", "noise", "ou_time_from_alpha_bar"]
+__all__ = ["Schedule", "linear", "noise"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -109,18 +108,6 @@ def _check_betas(T: int, beta_start: float, beta_end: float) -> None:
         raise ValueError(f"T must be an integer >= 2, got {T}")
     if not 0 < beta_start <= beta_end < 1:
         raise ValueError(f"need 0 < beta_start <= beta_end < 1, got {beta_start}, {beta_end}")
-
-
-def alpha_bar_from_ou_time(t: float) -> float:
-    """alpha_bar = e^{-2t}."""
-    return math.exp(-2.0 * t)
-
-
-def ou_time_from_alpha_bar(alpha_bar: float) -> float:
-    """t = -1/2 log alpha_bar."""
-    if not 0 < alpha_bar <= 1:
-        raise ValueError(f"alpha_bar must lie in (0, 1], got {alpha_bar}")
-    return -0.5 * math.log(alpha_bar)
 
 
 def noise(x0: torch.Tensor, eps: torch.Tensor, alpha_bar: torch.Tensor) -> torch.Tensor:

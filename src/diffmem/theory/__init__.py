@@ -8,6 +8,8 @@
 * :func:`closed_form_losses`, :func:`gaussian_equivalent_curves`, :func:`exact_curves`, :func:`simulate_gd`,
   :func:`predicted_times` — training dynamics (gradient flow of the loss), tau_gen, tau_mem.
 * :func:`phase_diagram` — L_gen over (psi_n, psi_p) at given training times.
+* :func:`tau_from_paper_code_time`, :func:`paper_code_time_from_tau` — diffmem's tau against the time axis of the
+  paper's public training script.
 * :mod:`diffmem.theory.run` — the three jobs behind ``diffmem theory spectrum | dynamics | phase``.
 
 The equations, conventions and file formats are in docs/theory.md.
@@ -44,5 +46,6 @@ _WHERE = {
         "population_matrices",
     ],
     ".spectrum": ["SpectrumResult", "asymptotic_spectrum", "spectral_density"],
+    ".time_axis": ["paper_code_learning_rate", "paper_code_time_from_tau", "tau_from_paper_code_time"],
 }
 __all__, __getattr__, __dir__ = lazy_exports(__name__, globals(), _WHERE)

@@ -48,13 +48,15 @@ def cmd_spectrum(args: argparse.Namespace) -> int:
 
         res = run_spectrum(cfg, Path(args.out), plot=args.plot)
         c = res["constants"]
-        edges = ", ".join(f"[{a:.4g}, {b:.4g}]" for a, b in res["edges"])
+        edges = ", ".join(f"[{a:.4g}, {b:.4g}] {role}" for (a, b), role in zip(res["edges"], res["bulk_roles"]))
+        seen = "" if res["delta_peak_resolved"] else ", below its floor"
         print(
             f"constants: a_t={c['a']:.6g} b_t={c['b']:.6g} v_t^2={c['v2']:.6g} "
             f"s_t^2={c['s2']:.6g} Delta_t={c['delta']:.6g}"
         )
         print(
-            f"delta peak weight {res['delta_peak_weight']:.6g} (solver {res['delta_peak_weight_solver']:.6g}); "
+            f"delta peak weight {res['delta_peak_weight']:.6g} (solver {res['delta_peak_weight_solver']:.6g}, "
+            f"floor {res['delta_peak_weight_floor']:.2g}{seen}); "
             f"bulks {edges}; mass {res['mass']:.4f}; solver {res['solver_seconds']:.2f} s; "
             f"unconverged points: {res['n_unconverged']}"
         )

@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-__all__ = ["ACTIVATIONS", "RFConstants", "gauss_hermite", "gaussian_expectation", "resolve_activation", "rf_constants"]
+__all__ = ["ACTIVATIONS", "RFConstants", "gauss_hermite", "resolve_activation", "rf_constants"]
 
 Activation = str | Callable[[np.ndarray], np.ndarray]
 """A name in :data:`ACTIVATIONS` or a vectorised numpy function."""
@@ -63,14 +63,6 @@ def gauss_hermite(n: int) -> tuple[np.ndarray, np.ndarray]:
             raise ValueError(f"n_quad={n} is too large for numpy's Gauss-Hermite rule (use at most 360)")
         _GH_CACHE[n] = (x, w / math.sqrt(2.0 * math.pi))
     return _GH_CACHE[n]
-
-
-def gaussian_expectation(f: Callable[[np.ndarray], np.ndarray], mean=0.0, std=1.0, n_quad: int = 80) -> np.ndarray:
-    """E[f(mean + std z)] by Gauss-Hermite quadrature; ``mean``/``std`` broadcast (result has their shape)."""
-    x, w = gauss_hermite(n_quad)
-    mean = np.asarray(mean, dtype=np.float64)[..., None]
-    std = np.asarray(std, dtype=np.float64)[..., None]
-    return np.sum(f(mean + std * x) * w, axis=-1)
 
 
 @dataclass(frozen=True)

@@ -314,10 +314,12 @@ def predicted_times(constants: RFConstants, psi_p: float, psi_n: float, spectrum
 
 
 def first_bulk_edge(spectrum) -> float | None:
-    """Left edge of the bulk that holds most of the weight below the second bulk (the n-specific bulk).
+    """Left edge of the bulk that holds most of the weight below the top (population) bulk.
 
-    At finite psi_n the equations also give a small bulk of weight ~1/psi_p just above s_t^2 (d directions);
-    it is not the memorisation bulk of Theorem 3.2 and is skipped unless it has merged with it.
+    At finite psi_n the memorization bulk has two parts: d directions just above s_t^2 and n - d above them.
+    This is the edge of the heavier, upper part, the finite-psi_n counterpart of Theorem 3.2's left edge; the
+    lower part is skipped unless the two have merged. The lower part relaxes last and carries most of the
+    generalization gap; its edge is ``spectrum.lambda_min`` (see :class:`~diffmem.theory.spectrum.SpectrumResult`).
     """
     if not spectrum.edges:
         return None

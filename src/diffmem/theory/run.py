@@ -202,7 +202,10 @@ def run_spectrum(cfg: SpectrumConfig, out: str | Path | None = None, plot: bool 
         delta_t, gamma_t, alpha, ...); ``lambda`` and ``density`` (lists of ``cfg.n_points`` floats: the grid
         and the continuous part of the eigenvalue density of U); ``converged`` (list of bool) and
         ``n_unconverged``; ``delta_peak_weight`` (exact, max(0, 1 - (1 + psi_n)/psi_p)) and
-        ``delta_peak_weight_solver``; ``edges`` ([[lo, hi], ...] of the bulks); ``lambda_min``; ``mass`` and
+        ``delta_peak_weight_solver`` with ``delta_peak_weight_floor`` (its resolution) and ``delta_peak_resolved``;
+        ``edges`` ([[lo, hi], ...] of the bulks) with ``bulk_weights`` and ``bulk_roles``; ``memorization_bulk``,
+        ``population_bulk`` ([lo, hi] or None) and their ``..._weight``; ``lambda_min`` (the left edge of the
+        memorization bulk, None if there is none); ``mass`` and
         ``mass_expected``; ``asymptotic`` and ``asymptotic_density`` (Theorem 3.2, ``None`` for a mixture
         covariance); ``solver_seconds``; with ``cfg.simulate`` also ``simulation`` (p, n, d, matrix,
         histogram, ks_distance); with ``plot`` also ``figures`` (list of paths, not in the file).
@@ -213,9 +216,6 @@ def run_spectrum(cfg: SpectrumConfig, out: str | Path | None = None, plot: bool 
     >>> len(res["density"]), res["n_unconverged"], round(res["delta_peak_weight"], 6)
     (50, 0, 0.859375)
     """
-    import numpy as np
-
-    from .simulation import eigenvalue_histogram, gaussian_equivalent, ge_eigenvalues, make_problem
     from .spectrum import spectral_density
 
     cfg.validate()
@@ -241,7 +241,15 @@ def run_spectrum(cfg: SpectrumConfig, out: str | Path | None = None, plot: bool 
         "n_unconverged": d["n_unconverged"],
         "delta_peak_weight": d["delta_peak_weight"],
         "delta_peak_weight_solver": d["delta_peak_weight_solver"],
+        "delta_peak_weight_floor": d["delta_peak_weight_floor"],
+        "delta_peak_resolved": d["delta_peak_resolved"],
         "edges": d["edges"],
+        "bulk_weights": d["bulk_weights"],
+        "bulk_roles": d["bulk_roles"],
+        "memorization_bulk": d["memorization_bulk"],
+        "memorization_bulk_weight": d["memorization_bulk_weight"],
+        "population_bulk": d["population_bulk"],
+        "population_bulk_weight": d["population_bulk_weight"],
         "lambda_min": d["lambda_min"],
         "mass": d["mass"],
         "mass_expected": d["mass_expected"],
@@ -250,36 +258,7 @@ def run_spectrum(cfg: SpectrumConfig, out: str | Path | None = None, plot: bool 
         "solver_seconds": solve_s,
     }
     if cfg.simulate:
-        if cfg.sigma_eigs:
-            raise ValueError("--simulate supports Sigma = sigma_x^2 I only; drop --sigma-eigs")
-        prob = make_problem(
-            cfg.d, cfg.psi_p, cfg.psi_n, cfg.t, sigma_x=cfg.sigma_x, activation=cfg.activation, seed=cfg.seed
-        )
-        if cfg.matrix == "exact":
-            from .simulation import exact_matrices
-
-            U, _ = exact_matrices(prob)
-            eigs = np.linalg.eigvalsh(U)
-            del U
-            # the delta peak is smeared at finite d: take the p - n - d smallest eigenvalues as the peak (rank count)
-            k = min(prob.n + prob.d, prob.p)
-            rest = eigs[-k:]
-        else:
-            rng = np.random.default_rng([cfg.seed, 1])
-            eigs = ge_eigenvalues(gaussian_equivalent(prob, res.constants, rng))
-            rest = eigs[np.abs(eigs - res.constants.s2) > 1e-8 * max(res.constants.s2, 1e-300) + 1e-12]
-        hist = eigenvalue_histogram(rest, None, bins=cfg.bins)
-        scale = rest.size / eigs.size
-        hist["density"] = [x * scale for x in hist["density"]]
-        hist.update(n_eigs=int(eigs.size), delta_count=int(eigs.size - rest.size), delta_fraction=float(1 - scale))
-        result["simulation"] = {
-            "p": prob.p,
-            "n": prob.n,
-            "d": prob.d,
-            "matrix": cfg.matrix,
-            "histogram": hist,
-            "ks_distance": _ks(res, rest),
-        }
+        result["simulation"] = _simulated_spectrum(cfg, res)
     if out is not None:
         from ..io import write_json
 
@@ -289,6 +268,39 @@ def run_spectrum(cfg: SpectrumConfig, out: str | Path | None = None, plot: bool 
 
             result["figures"] = [plot_spectrum(result, Path(out) / "figures" / "spectrum.png")]
     return result
+
+
+def _simulated_spectrum(cfg: SpectrumConfig, res: Any) -> dict[str, Any]:
+    """Histogram of the eigenvalues of one finite U (Gaussian equivalent or exact) outside the delta peak, and its
+    Kolmogorov distance to the theory ``res``."""
+    import numpy as np
+
+    from .simulation import eigenvalue_histogram, gaussian_equivalent, ge_eigenvalues, make_problem
+
+    if cfg.sigma_eigs:
+        raise ValueError("--simulate supports Sigma = sigma_x^2 I only; drop --sigma-eigs")
+    prob = make_problem(
+        cfg.d, cfg.psi_p, cfg.psi_n, cfg.t, sigma_x=cfg.sigma_x, activation=cfg.activation, seed=cfg.seed
+    )
+    if cfg.matrix == "exact":
+        from .simulation import exact_matrices
+
+        U, _ = exact_matrices(prob)
+        eigs = np.linalg.eigvalsh(U)
+        del U
+        # the delta peak is smeared at finite d: take the p - n - d smallest eigenvalues as the peak (rank count)
+        k = min(prob.n + prob.d, prob.p)
+        rest = eigs[-k:]
+    else:
+        rng = np.random.default_rng([cfg.seed, 1])
+        eigs = ge_eigenvalues(gaussian_equivalent(prob, res.constants, rng))
+        rest = eigs[np.abs(eigs - res.constants.s2) > 1e-8 * max(res.constants.s2, 1e-300) + 1e-12]
+    hist = eigenvalue_histogram(rest, None, bins=cfg.bins)
+    scale = rest.size / eigs.size
+    hist["density"] = [x * scale for x in hist["density"]]
+    hist.update(n_eigs=int(eigs.size), delta_count=int(eigs.size - rest.size), delta_fraction=float(1 - scale))
+    ks = _ks(res, rest)
+    return {"p": prob.p, "n": prob.n, "d": prob.d, "matrix": cfg.matrix, "histogram": hist, "ks_distance": ks}
 
 
 def _ks(res: Any, rest: np.ndarray) -> float:
@@ -350,15 +362,7 @@ def run_dynamics(
     import numpy as np
 
     from .constants import rf_constants
-    from .gradient_flow import (
-        default_taus,
-        eigensystem_gaussian_equivalent,
-        exact_curves,
-        fit_power_law,
-        gaussian_equivalent_curves,
-        predicted_times,
-        simulate_gd,
-    )
+    from .gradient_flow import default_taus, exact_curves, fit_power_law, gaussian_equivalent_curves, predicted_times
     from .simulation import make_problem
     from .spectrum import spectral_density
 
@@ -379,24 +383,7 @@ def run_dynamics(
             cur = gaussian_equivalent_curves(prob, taus, constants=c, seed=rng)
         run: dict[str, Any] = {"psi_n": pn, "p": prob.p, "n": prob.n, "predicted": pred, "theory": cur.to_dict()}
         if cfg.gd:
-            es = eigensystem_gaussian_equivalent(prob, c, rng)
-            lam_max = float(es.lam.max())
-            dtau = cfg.gd_dtau_frac * cfg.psi_p / (c.delta * lam_max)
-            t_hi = min(taus[-1], dtau * cfg.gd_max_steps)
-            gtaus = np.geomspace(max(taus[0], dtau), t_hi, 16)
-            gd = simulate_gd(
-                prob,
-                gtaus,
-                dtau=dtau,
-                seed=np.random.default_rng([cfg.seed, i, 2]),
-                dtype=np.float32,
-                progress=_gd_progress(progress, pn),
-            )
-            ref = exact_curves(prob, gd.tau)
-            ge = gaussian_equivalent_curves(prob, gd.tau, constants=c, seed=np.random.default_rng([cfg.seed, i, 1]))
-            run["gd"] = gd.to_dict()
-            run["gd_reference_exact"] = ref.to_dict()
-            run["gd_relative_error"] = _rel_errors(gd, ref, ge)
+            run.update(_gd_check(cfg, prob, c, taus, rng, i, _gd_progress(progress, pn)))
         runs.append(run)
         if progress:
             progress(f"psi_n={pn:g} done")
@@ -433,6 +420,36 @@ def run_dynamics(
 
             result["figures"] = [plot_dynamics(result, Path(out) / "figures" / "dynamics.png")]
     return result
+
+
+def _gd_check(
+    cfg: DynamicsConfig,
+    prob: Any,
+    c: Any,
+    taus: np.ndarray,
+    rng: np.random.Generator,
+    i: int,
+    progress: Callable[[int, int], None] | None,
+) -> dict[str, Any]:
+    """Explicit gradient descent for one psi_n against the exact and the Gaussian-equivalent closed forms.
+
+    ``rng`` is the generator the closed-form curves drew from (its next draw sets the step from lam_max).
+    """
+    import numpy as np
+
+    from .gradient_flow import eigensystem_gaussian_equivalent, exact_curves, gaussian_equivalent_curves, simulate_gd
+
+    es = eigensystem_gaussian_equivalent(prob, c, rng)
+    lam_max = float(es.lam.max())
+    dtau = cfg.gd_dtau_frac * cfg.psi_p / (c.delta * lam_max)
+    t_hi = min(taus[-1], dtau * cfg.gd_max_steps)
+    gtaus = np.geomspace(max(taus[0], dtau), t_hi, 16)
+    gd = simulate_gd(
+        prob, gtaus, dtau=dtau, seed=np.random.default_rng([cfg.seed, i, 2]), dtype=np.float32, progress=progress
+    )
+    ref = exact_curves(prob, gd.tau)
+    ge = gaussian_equivalent_curves(prob, gd.tau, constants=c, seed=np.random.default_rng([cfg.seed, i, 1]))
+    return {"gd": gd.to_dict(), "gd_reference_exact": ref.to_dict(), "gd_relative_error": _rel_errors(gd, ref, ge)}
 
 
 def _gd_progress(progress: Callable[[str], None] | None, pn: float) -> Callable[[int, int], None] | None:

@@ -273,9 +273,27 @@ def default_grid(
     return c.s2 + np.geomspace(1e-4 * small, top, n_points)
 
 
+POPULATION_MASS_RTOL = 0.25
+"""Relative tolerance on the population bulk's mass (1/psi_p) when the bulks are labelled (:class:`SpectrumResult`)."""
+
+DELTA_FLOOR_FACTOR = 3.0
+"""Safety factor of :attr:`SpectrumResult.delta_peak_weight_floor` (see docs/theory.md, "Delta-peak weight")."""
+
+
 @dataclass
 class SpectrumResult:
-    """Density of U's eigenvalues on a grid (see :func:`spectral_density`)."""
+    """Density of U's eigenvalues on a grid (see :func:`spectral_density`).
+
+    **Bulks.** ``edges`` lists the support intervals of the continuous part, lowest first, and ``bulk_weights``
+    their masses. Each interval gets a role (``bulk_roles``) by counting directions from the top: U - s_t^2 I has
+    d directions of the population part (n-independent, at scale psi_p), so the highest bulks whose masses add up
+    to 1/psi_p (within ``POPULATION_MASS_RTOL``) are the **population bulk**. Every bulk below it holds the
+    directions specific to the n training points (weight psi_n/psi_p when p > n + d, Theorem 3.2's first bulk);
+    when psi_n < psi_p (n below the architectural threshold n* = p) they are the **memorization bulk**, otherwise
+    they are labelled ``"sample_specific"`` and there is no memorization bulk. If no group of top bulks has the
+    population mass, every bulk is ``"unidentified"``. At finite psi_n the memorization bulk is often split in
+    two intervals (d directions just above s_t^2 and n - d above them): ``memorization_bulk`` is their hull.
+    """
 
     constants: RFConstants
     psi_p: float
@@ -293,16 +311,75 @@ class SpectrumResult:
     sigma_eigs: np.ndarray = field(default_factory=lambda: np.array([1.0]))
     sigma_weights: np.ndarray = field(default_factory=lambda: np.array([1.0]))
     asymptotic: dict = field(default_factory=dict)
-
-    @property
-    def lambda_min(self) -> float | None:
-        """Left edge of the first bulk above the delta peak (None if no bulk was found)."""
-        return self.edges[0][0] if self.edges else None
+    delta_peak_weight_floor: float = math.inf  # resolution of delta_peak_weight_solver (inf: not converged)
 
     def cdf(self) -> np.ndarray:
         """Cumulative mass of the continuous part along the grid (trapezoid), starting at 0."""
         inc = 0.5 * (self.density[1:] + self.density[:-1]) * np.diff(self.lambdas)
         return np.concatenate([[0.0], np.cumsum(inc)])
+
+    @property
+    def bulk_weights(self) -> list[float]:
+        """Mass of each interval of ``edges`` (trapezoid integral of the density over it)."""
+        cdf = self.cdf()
+        return [float(np.interp(hi, self.lambdas, cdf) - np.interp(lo, self.lambdas, cdf)) for lo, hi in self.edges]
+
+    @property
+    def bulk_roles(self) -> list[str]:
+        """Role of each interval of ``edges``: "memorization", "population", "sample_specific" or "unidentified"."""
+        weights = self.bulk_weights
+        target = min(1.0, 1.0 / self.psi_p)
+        acc = 0.0
+        for k in range(len(weights) - 1, -1, -1):  # from the top bulk down
+            acc += weights[k]
+            if abs(acc - target) <= POPULATION_MASS_RTOL * target:
+                below = "memorization" if self.psi_n < self.psi_p else "sample_specific"
+                return [below] * k + ["population"] * (len(weights) - k)
+            if acc > (1.0 + POPULATION_MASS_RTOL) * target:
+                break
+        return ["unidentified"] * len(weights)
+
+    def _hull(self, role: str) -> tuple[list[float] | None, float | None]:
+        idx = [i for i, r in enumerate(self.bulk_roles) if r == role]
+        if not idx:
+            return None, None
+        weights = self.bulk_weights
+        return [self.edges[idx[0]][0], self.edges[idx[-1]][1]], float(sum(weights[i] for i in idx))
+
+    @property
+    def memorization_bulk(self) -> list[float] | None:
+        """[lo, hi] spanning the memorization bulk (all its intervals), None if there is none (see the class)."""
+        return self._hull("memorization")[0]
+
+    @property
+    def memorization_bulk_weight(self) -> float | None:
+        """Mass of the memorization bulk (psi_n/psi_p when p > n + d), None if there is none."""
+        return self._hull("memorization")[1]
+
+    @property
+    def population_bulk(self) -> list[float] | None:
+        """[lo, hi] spanning the population bulk (mass 1/psi_p), None if it was not identified."""
+        return self._hull("population")[0]
+
+    @property
+    def population_bulk_weight(self) -> float | None:
+        """Mass of the population bulk (1/psi_p), None if it was not identified."""
+        return self._hull("population")[1]
+
+    @property
+    def lambda_min(self) -> float | None:
+        """Left edge of the memorization bulk (``memorization_bulk[0]``), None if there is none.
+
+        It is the smallest eigenvalue of the directions specific to the training set, so psi_p / (Delta_t
+        lambda_min) is the time by which the last of them has been learnt.
+        """
+        bulk = self.memorization_bulk
+        return bulk[0] if bulk is not None else None
+
+    @property
+    def delta_peak_resolved(self) -> bool:
+        """Whether ``delta_peak_weight_solver`` is above its floor (a peak the solver itself can see)."""
+        return bool(self.delta_peak_weight_solver > self.delta_peak_weight_floor)
 
     def to_dict(self) -> dict:
         return {
@@ -315,7 +392,15 @@ class SpectrumResult:
             "n_unconverged": int((~self.converged).sum()),
             "delta_peak_weight": self.delta_peak_weight,
             "delta_peak_weight_solver": self.delta_peak_weight_solver,
+            "delta_peak_weight_floor": self.delta_peak_weight_floor,
+            "delta_peak_resolved": self.delta_peak_resolved,
             "edges": self.edges,
+            "bulk_weights": self.bulk_weights,
+            "bulk_roles": self.bulk_roles,
+            "memorization_bulk": self.memorization_bulk,
+            "memorization_bulk_weight": self.memorization_bulk_weight,
+            "population_bulk": self.population_bulk,
+            "population_bulk_weight": self.population_bulk_weight,
             "lambda_min": self.lambda_min,
             "mass": self.mass,
             "mass_expected": 1.0
@@ -346,6 +431,133 @@ def _find_edges(lam: np.ndarray, inside: np.ndarray) -> list:
         else:
             i += 1
     return edges
+
+
+# ---------------------------------------------------------------------------------- the parts of spectral_density
+_CONVERGED_RESIDUAL = 1e-7  # a point counts as converged below this relative residual
+
+
+def _resolve_constants(
+    t: float | None,
+    constants: RFConstants | None,
+    sigma_x: float | None,
+    activation: Activation,
+    sigma_eigs: ArrayLike | None,
+    sigma_weights: ArrayLike | None,
+) -> tuple[RFConstants, np.ndarray, np.ndarray]:
+    """The constants and the data spectrum (lam_k, w_k), checking that t, sigma_x, constants and sigma_eigs agree."""
+    lam_s, w_s, sx = _mixture(
+        sigma_eigs, sigma_weights, sigma_x if constants is None else (constants.sigma_x if sigma_eigs is None else None)
+    )
+    if constants is None:
+        if t is None:
+            raise ValueError("give the diffusion time t (or ready constants=rf_constants(...))")
+        constants = rf_constants(t, sx, activation)
+    elif sigma_eigs is not None and abs(constants.sigma_x - sx) > 1e-9 * sx:
+        raise ValueError(
+            f"constants were built with sigma_x={constants.sigma_x} but sigma_eigs give {sx:.6g}; "
+            "rebuild them with sigma_x=sqrt(mean eigenvalue)"
+        )
+    if t is not None and abs(float(t) - constants.t) > 1e-15:
+        raise ValueError(f"t={t} disagrees with constants.t={constants.t}; give only one")
+    return constants, lam_s, w_s
+
+
+def _lambda_grid(
+    c: RFConstants, psi_p: float, psi_n: float, lambdas: ArrayLike | None, n_points: int, sigma_max: float
+) -> np.ndarray:
+    """The user's grid (checked) or :func:`default_grid`."""
+    if lambdas is None:
+        if int(n_points) < 10:
+            raise ValueError(f"n_points must be >= 10 (got {n_points})")
+        return default_grid(c, psi_p, psi_n, int(n_points), sigma_max)
+    lam = np.asarray(lambdas, dtype=np.float64).ravel()
+    if lam.size < 2 or not np.all(np.isfinite(lam)) or np.any(np.diff(lam) <= 0):
+        raise ValueError("lambdas must be a finite, strictly increasing grid of at least 2 points")
+    return lam
+
+
+def _final_eps(lam: np.ndarray, eps: float | None) -> float:
+    """Im z of the final solve: 1e-10 max(1, max |lambda|) by default."""
+    scale = max(1.0, float(np.abs(lam).max()))
+    out = 1e-10 * scale if eps is None else float(eps)
+    if not out > 0:
+        raise ValueError(f"eps must be > 0 (got {out})")
+    return out
+
+
+def _solve_on_grid(
+    lam: np.ndarray, eps: float, c: RFConstants, psi_p: float, psi_n: float, lam_s: np.ndarray, w_s: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """q(lambda + i eps) on the grid, its residual, and q at the first level of the path at or below 100 eps."""
+    q, _, res, path = solve_stieltjes(lam + 1j * eps, c, psi_p, psi_n, lam_s, w_s, return_path=True)
+    q_big = None
+    for y, qq in path:
+        if y <= 100 * eps:
+            q_big = qq
+            break
+    return q, res, q_big
+
+
+def _density_and_support(
+    q: np.ndarray, res: np.ndarray, q_big: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``converged`` per point, the density Im q / pi, and the support mask.
+
+    A point is in the support when Im q stays put between 100 eps and eps (in a gap Im q is proportional to eps)
+    and the density is not negligible; outside it the density is set to 0 (unconverged points keep their value).
+    """
+    converged = np.isfinite(q) & (res < _CONVERGED_RESIDUAL) & (q.imag >= -1e-10 * np.abs(q))
+    density = np.clip(q.imag, 0.0, None) / math.pi
+    ratio = q.imag / np.where(q_big.imag > 0, q_big.imag, np.inf) if q_big is not None else np.ones_like(density)
+    inside = (ratio > 0.5) & (density > 1e-12 * max(density.max(), 1e-300)) & converged
+    density = np.where(inside | ~converged, density, 0.0)
+    return converged, density, inside
+
+
+def _trapezoid(y: np.ndarray, x: np.ndarray) -> float:
+    return float(np.sum(0.5 * (y[1:] + y[:-1]) * np.diff(x)))
+
+
+def _exact_delta_weight(c: RFConstants, psi_p: float, psi_n: float) -> float:
+    """Rank count: U - s_t^2 I has rank n + d, so max(0, 1 - (1 + psi_n)/psi_p) of the eigenvalues equal s_t^2."""
+    return max(0.0, 1.0 - (1.0 + psi_n) / psi_p) if (c.v2 > 0 or c.alpha > 0) else 1.0
+
+
+def _continue_down(q, r, x: float, y_from: float, y_to: float, c, psi_p, psi_n, lam, w, shrink: float = 0.75):
+    """Follow the solution at z = x + i y_from down to x + i y_to in geometric steps; returns q, residual."""
+    res = np.zeros(1)
+    y = y_from
+    while y > y_to:
+        y = max(y * shrink, y_to)
+        q, r, res = _newton(q, r, np.array([x + 1j * y]), c, psi_p, psi_n, lam, w, tol=1e-10)
+    return q, res
+
+
+def _solver_delta_weight(
+    c: RFConstants, psi_p: float, psi_n: float, lam_s: np.ndarray, w_s: np.ndarray
+) -> tuple[float, float]:
+    """The solver's delta weight f(e0) = e0 Im q(s_t^2 + i e0), e0 = 1e-7 (v_t^2 + b_t^2), and its floor.
+
+    f(e) - w mixes two errors: the continuous density near s_t^2 adds a positive part that grows with e (like
+    e^beta, beta >= 1/2 at a hard edge), and the finite precision of q adds one that grows as e falls (q ~ w/e).
+    The floor is DELTA_FLOOR_FACTOR times the larger change of f when e is multiplied or divided by about 4
+    (the path level nearest 4 e0, and a short continuation down to e0/4, used when it converges); inf if the solve
+    at e0 did not converge.
+    """
+    e0 = 1e-7 * max(c.v2 + c.b**2, 1e-12)
+    q0, r0, res0, path = solve_stieltjes(np.array([c.s2 + 1j * e0]), c, psi_p, psi_n, lam_s, w_s, return_path=True)
+    value = float(e0 * q0.imag[0])
+    levels = [(y, qq) for y, qq in path if y > 0]
+    y_up, q_up = min(levels, key=lambda yq: abs(math.log(yq[0] / (4.0 * e0))))
+    q_down, res_down = _continue_down(q0, r0, c.s2, e0, e0 / 4.0, c, psi_p, psi_n, lam_s, w_s)
+    changes = [abs(float(y_up * q_up.imag[0]) - value)]
+    if res_down[0] < _CONVERGED_RESIDUAL:  # below e0 the solve can lose convergence first: then only the step up
+        changes.append(abs(float(e0 / 4.0 * q_down.imag[0]) - value))
+    floor = DELTA_FLOOR_FACTOR * max(changes)
+    if not (res0[0] < _CONVERGED_RESIDUAL and math.isfinite(floor)):
+        floor = math.inf
+    return value, floor
 
 
 def spectral_density(
@@ -401,8 +613,10 @@ def spectral_density(
     SpectrumResult
         ``lambdas`` and ``density`` (float64, shape (M,)), ``q`` (complex128, (M,)), ``converged`` (bool, (M,)),
         ``residual`` (float64, (M,)), ``delta_peak_weight`` (exact, max(0, 1 - (1 + psi_n)/psi_p)),
-        ``delta_peak_weight_solver`` (eps Im q(s_t^2 + i eps)), ``edges`` (list of [lo, hi] of the bulks),
-        ``mass`` (integral of the density over the grid), ``asymptotic`` (Theorem 3.2, for Sigma = sigma_x^2 I).
+        ``delta_peak_weight_solver`` (e0 Im q(s_t^2 + i e0)) and ``delta_peak_weight_floor`` (its resolution),
+        ``edges`` (list of [lo, hi] of the bulks) with ``bulk_weights``, ``bulk_roles``, ``memorization_bulk``,
+        ``population_bulk`` and ``lambda_min`` (see :class:`SpectrumResult`), ``mass`` (integral of the density
+        over the grid), ``asymptotic`` (Theorem 3.2, for Sigma = sigma_x^2 I).
 
     Raises
     ------
@@ -415,59 +629,18 @@ def spectral_density(
     >>> s = spectral_density(0.01, psi_p=64.0, psi_n=8.0, n_points=100)
     >>> s.density.shape, bool(s.converged.all()), s.delta_peak_weight
     ((100,), True, 0.859375)
-    >>> len(s.edges)  # d directions near s_t^2, the first (memorisation) bulk, the second (population) bulk
-    3
+    >>> s.bulk_roles  # d directions just above s_t^2 and n - d above them, then the d population directions
+    ['memorization', 'memorization', 'population']
+    >>> s.lambda_min == s.memorization_bulk[0] == s.edges[0][0]
+    True
     """
     check_ratios(psi_p, psi_n)
-    lam_s, w_s, sx = _mixture(
-        sigma_eigs, sigma_weights, sigma_x if constants is None else (constants.sigma_x if sigma_eigs is None else None)
-    )
-    if constants is None:
-        if t is None:
-            raise ValueError("give the diffusion time t (or ready constants=rf_constants(...))")
-        constants = rf_constants(t, sx, activation)
-    elif sigma_eigs is not None and abs(constants.sigma_x - sx) > 1e-9 * sx:
-        raise ValueError(
-            f"constants were built with sigma_x={constants.sigma_x} but sigma_eigs give {sx:.6g}; "
-            "rebuild them with sigma_x=sqrt(mean eigenvalue)"
-        )
-    if t is not None and abs(float(t) - constants.t) > 1e-15:
-        raise ValueError(f"t={t} disagrees with constants.t={constants.t}; give only one")
-    c = constants
-    if lambdas is None:
-        if int(n_points) < 10:
-            raise ValueError(f"n_points must be >= 10 (got {n_points})")
-        lam = default_grid(c, psi_p, psi_n, int(n_points), float(lam_s.max()))
-    else:
-        lam = np.asarray(lambdas, dtype=np.float64).ravel()
-        if lam.size < 2 or not np.all(np.isfinite(lam)) or np.any(np.diff(lam) <= 0):
-            raise ValueError("lambdas must be a finite, strictly increasing grid of at least 2 points")
-    scale = max(1.0, float(np.abs(lam).max()))
-    eps = 1e-10 * scale if eps is None else float(eps)
-    if not eps > 0:
-        raise ValueError(f"eps must be > 0 (got {eps})")
-    z = lam + 1j * eps
-    q, _, res, path = solve_stieltjes(z, c, psi_p, psi_n, lam_s, w_s, return_path=True)
-    # a second, 100x larger eps tells support (Im q stays finite) from gaps (Im q ~ eps)
-    q_big = None
-    for y, qq in path:
-        if y <= 100 * eps:
-            q_big = qq
-            break
-    tol_conv = 1e-7
-    converged = np.isfinite(q) & (res < tol_conv) & (q.imag >= -1e-10 * np.abs(q))
-    density = np.clip(q.imag, 0.0, None) / math.pi
-    ratio = q.imag / np.where(q_big.imag > 0, q_big.imag, np.inf) if q_big is not None else np.ones_like(density)
-    inside = (ratio > 0.5) & (density > 1e-12 * max(density.max(), 1e-300)) & converged
-    density = np.where(inside | ~converged, density, 0.0)
-    edges = _find_edges(lam, inside)
-    mass = float(np.sum(0.5 * (density[1:] + density[:-1]) * np.diff(lam)))
-    # delta peak: exact rank count, and the solver's own residue at s_t^2
-    delta_exact = max(0.0, 1.0 - (1.0 + psi_n) / psi_p) if (c.v2 > 0 or c.alpha > 0) else 1.0
-    e0 = 1e-7 * max(c.v2 + c.b**2, 1e-12)
-    q0, _, _ = solve_stieltjes(np.array([c.s2 + 1j * e0]), c, psi_p, psi_n, lam_s, w_s)
-    delta_solver = float(e0 * q0.imag[0])
-    asym = asymptotic_spectrum(c, psi_p, psi_n, lam) if len(lam_s) == 1 else {}
+    c, lam_s, w_s = _resolve_constants(t, constants, sigma_x, activation, sigma_eigs, sigma_weights)
+    lam = _lambda_grid(c, psi_p, psi_n, lambdas, n_points, float(lam_s.max()))
+    eps = _final_eps(lam, eps)
+    q, res, q_big = _solve_on_grid(lam, eps, c, psi_p, psi_n, lam_s, w_s)
+    converged, density, inside = _density_and_support(q, res, q_big)
+    delta_solver, delta_floor = _solver_delta_weight(c, psi_p, psi_n, lam_s, w_s)
     return SpectrumResult(
         constants=c,
         psi_p=float(psi_p),
@@ -477,12 +650,13 @@ def spectral_density(
         q=q,
         converged=converged,
         residual=res,
-        delta_peak_weight=delta_exact,
+        delta_peak_weight=_exact_delta_weight(c, psi_p, psi_n),
         delta_peak_weight_solver=delta_solver,
-        edges=edges,
-        mass=mass,
+        edges=_find_edges(lam, inside),
+        mass=_trapezoid(density, lam),
         eps=eps,
         sigma_eigs=lam_s,
         sigma_weights=w_s,
-        asymptotic=asym,
+        asymptotic=asymptotic_spectrum(c, psi_p, psi_n, lam) if len(lam_s) == 1 else {},
+        delta_peak_weight_floor=delta_floor,
     )
