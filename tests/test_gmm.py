@@ -67,7 +67,10 @@ def test_log_prob_matches_scipy():
     t = 0.6
     ab = math.exp(-2 * t)
     comp_t = np.stack(
-        [multivariate_normal(math.sqrt(ab) * m[k], (ab * 2.5 + 1 - ab) * np.eye(4)).logpdf(x.numpy()) for k in range(3)],
+        [
+            multivariate_normal(math.sqrt(ab) * m[k], (ab * 2.5 + 1 - ab) * np.eye(4)).logpdf(x.numpy())
+            for k in range(3)
+        ],
         1,
     )
     assert np.allclose(P.log_prob_t(x, t).numpy(), logsumexp(comp_t, axis=1) - math.log(3), rtol=0, atol=1e-10)
@@ -75,7 +78,8 @@ def test_log_prob_matches_scipy():
 
 @pytest.mark.parametrize("t", [0.05, 0.5])
 def test_score_is_the_score_of_the_forward_process(t):
-    # Stein's identity E_{P_t}[s(x) x^T] = -I and E_{P_t}[s(x)] = 0 on exact draws of x_t = e^-t x_0 + sqrt(1 - e^-2t) xi
+    # Stein's identity E_{P_t}[s(x) x^T] = -I and E_{P_t}[s(x)] = 0 on exact draws of
+    # x_t = e^-t x_0 + sqrt(1 - e^-2t) xi
     P = GaussianMixture(d=3, mu=1.5, components=3, variance=0.3)
     n = 200_000
     x0 = P.sample(n, seed=4)

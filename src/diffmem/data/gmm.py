@@ -140,9 +140,7 @@ class GaussianMixture:
     def component(self, label: int) -> GaussianMixture:
         """Component ``label`` alone, as a one-component mixture (the conditional ``P0(x | y = label)``)."""
         y = self._check_label_int(label)
-        return GaussianMixture(
-            d=self.d, mu=tuple(self._means[y].tolist()), components=1, variance=self.variance
-        )
+        return GaussianMixture(d=self.d, mu=tuple(self._means[y].tolist()), components=1, variance=self.variance)
 
     def to_dict(self) -> dict:
         """The specification as plain JSON values (``GaussianMixture(**spec.to_dict())`` rebuilds it)."""
@@ -209,7 +207,9 @@ class GaussianMixture:
         """
         return self._log_prob_at(self._check_x(x), 1.0, label)
 
-    def log_prob_t(self, x: torch.Tensor, t: float | torch.Tensor, label: torch.Tensor | int | None = None) -> torch.Tensor:
+    def log_prob_t(
+        self, x: torch.Tensor, t: float | torch.Tensor, label: torch.Tensor | int | None = None
+    ) -> torch.Tensor:
         """Exact ``log P_t(x)`` of the mixture diffused to OU time t >= 0 (float64, shape ``x.shape[:-1]``)."""
         return self._log_prob_at(self._check_x(x), self._alpha_bar_of_t(t, x), label)
 

@@ -139,8 +139,7 @@ def _log_density(
             if method == "exact":
                 flat = eps.reshape(B, d)
                 rows = [
-                    torch.autograd.grad(flat[:, i].sum(), x, retain_graph=i < d - 1)[0].reshape(B, d)
-                    for i in range(d)
+                    torch.autograd.grad(flat[:, i].sum(), x, retain_graph=i < d - 1)[0].reshape(B, d) for i in range(d)
                 ]
                 J = c2 * torch.stack(rows, 1).to(torch.float64)
                 J = J + c1 * torch.eye(d, dtype=torch.float64, device=J.device)
