@@ -54,6 +54,7 @@ __all__ = ["KLResult", "ScoreError", "kl_divergence", "log_density_ddim", "score
 
 Method = Literal["exact", "hutchinson"]
 METHODS = ("exact", "hutchinson")
+_PROBE_SEED_OFFSET = 2**40  # step j's probes: Generator(seed * 1_000_003 + 2^40 + j), apart from every x_T seed
 
 
 @dataclass(frozen=True)
@@ -123,13 +124,12 @@ def _log_density(
     schedule: Schedule,
     ks: Sequence[int],
     method: str,
-    probe_noise: torch.Tensor | None,
+    probe: Callable[[], torch.Tensor] | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """x_0 = DDIM(x_T) and log p_model(x_0); ``probe_noise``: Rademacher probes (steps, probes, B, *shape)."""
+    """x_0 = DDIM(x_T) and log p_model(x_0); ``probe()``: one step's Rademacher probes (probes, B, *shape)."""
     B = x_T.shape[0]
     d = math.prod(x_T.shape[1:])
     logdet = torch.zeros(B, dtype=torch.float64, device=x_T.device)
-    counter = [0]
 
     def observer(st: sampling.Step) -> None:
         c1, c2 = _step_coefficients(st.alpha_bar, st.alpha_bar_prev)
@@ -146,16 +146,15 @@ def _log_density(
                 sign, ld = torch.linalg.slogdet(J)
                 logdet.add_(torch.where(sign != 0, ld, torch.full_like(ld, -math.inf)))
             else:
-                if probe_noise is None:
-                    raise RuntimeError("hutchinson needs probe noise")
-                z = probe_noise[counter[0]].to(x.device, x.dtype)  # (probes, B, *shape)
+                if probe is None:
+                    raise RuntimeError("method='hutchinson' needs a source of probes")
+                z = probe().to(x.device, x.dtype)  # (probes, B, *shape)
                 tr = torch.zeros(B, dtype=torch.float64, device=x.device)
                 for j in range(z.shape[0]):
                     (g,) = torch.autograd.grad(eps, x, grad_outputs=z[j], retain_graph=j < z.shape[0] - 1)
                     tr += (g * z[j]).reshape(B, d).sum(1).to(torch.float64)
                 a = (c2 / c1) * tr / z.shape[0] / d
                 logdet.add_(d * math.log(c1) + d * torch.log1p(a))  # nan where 1 + a <= 0
-        counter[0] += 1
 
     x0 = sampling.ddim(denoiser, x_T, schedule, ks=ks, observer=observer)
     xT64 = x_T.reshape(B, d).to(torch.float64)
@@ -203,15 +202,29 @@ def log_density_ddim(
     """
     _check_method(method, probes)
     ks = sampling.timesteps(schedule, steps, spacing)
-    z = None
-    if method == "hutchinson":
-        g = generator if generator is not None else torch.Generator().manual_seed(0)
-        z = _rademacher((len(ks), probes, *x_T.shape), g)
-    return _log_density(denoiser, x_T, schedule, ks, method, z)
+    g = generator if generator is not None else torch.Generator().manual_seed(0)
+    shape = (int(probes), *x_T.shape)
+    probe = (lambda: _rademacher(shape, g)) if method == "hutchinson" else None
+    return _log_density(denoiser, x_T, schedule, ks, method, probe)
 
 
 def _rademacher(shape: Sequence[int], generator: torch.Generator) -> torch.Tensor:
-    return torch.randint(0, 2, tuple(shape), generator=generator).to(torch.float64).mul_(2).sub_(1)
+    return torch.randint(0, 2, tuple(shape), generator=generator, dtype=torch.int8).to(torch.float64).mul_(2).sub_(1)
+
+
+def _probes_by_step(
+    seed: int, total: int, rows: slice, probes: int, shape: Sequence[int]
+) -> Callable[[], torch.Tensor]:
+    """Step j's probes for samples ``rows`` of ``total``: those rows of one (probes, total, *shape) draw of
+    ``Generator(seed + j)``, so a sample's probes do not depend on the batching."""
+    step = [0]
+
+    def draw() -> torch.Tensor:
+        g = torch.Generator().manual_seed(int(seed) + step[0])
+        step[0] += 1
+        return _rademacher((probes, total, *shape), g)[:, rows]
+
+    return draw
 
 
 def _mean_se(v: torch.Tensor) -> tuple[float, float]:
@@ -279,14 +292,14 @@ def kl_divergence(
     ks = sampling.timesteps(schedule, steps, spacing)
     dtype, device = _model_dtype_device(denoiser)
     seeds = [int(seed) * 1_000_003 + i for i in range(int(samples))]
-    z_all = None
-    if method == "hutchinson":
-        z_all = _rademacher((len(ks), probes, int(samples), target.d), torch.Generator().manual_seed(int(seed)))
     log_p, log_q = [], []
     for i in range(0, int(samples), int(batch)):
         x_T = sampling.randn_per_sample(seeds[i : i + batch], (target.d,)).to(device, dtype)
-        z = None if z_all is None else z_all[:, :, i : i + batch]
-        x0, lp = _log_density(denoiser, x_T, schedule, ks, method, z)
+        probe = None
+        if method == "hutchinson":
+            rows = slice(i, i + int(batch))
+            probe = _probes_by_step(int(seed) * 1_000_003 + _PROBE_SEED_OFFSET, int(samples), rows, probes, (target.d,))
+        x0, lp = _log_density(denoiser, x_T, schedule, ks, method, probe)
         log_p.append(lp.cpu())
         log_q.append(target.log_prob(x0.detach().cpu()))
     lp_all, lq_all = torch.cat(log_p), torch.cat(log_q)
