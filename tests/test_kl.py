@@ -189,8 +189,8 @@ def test_hutchinson_estimates_the_trace_unbiasedly():
 
 
 def test_exact_mixture_denoiser_has_kl_about_zero():
-    # The 100-step sampler's own KL for the exact denoiser, estimated once with 20 000 samples, is
-    # 0.0019 +- 0.0005 nats: we allow 3 standard errors plus 0.003.
+    # The 100-step sampler's own KL for the exact denoiser, estimated with 20 000 samples (two seeds), is
+    # 0.0019 +- 0.0005 and 0.0024 +- 0.0005 nats: we allow 3 standard errors plus 0.003.
     P = GaussianMixture()
     r = kl_divergence(P.denoiser(S), P, S, samples=1000, steps=100, seed=1)
     assert abs(r.kl) < 3 * r.kl_se + 0.003, r
