@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import html
 import json
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..figures import colors, fmt, html_page, html_table, pyplot, save_png
+from ..figures import colors, fmt, html_page, html_table, pyplot, sample_grid, save_png
 
 __all__ = ["dynamics_figures", "sample_grid", "summary_table", "write_html"]
 
@@ -166,32 +165,6 @@ def dynamics_figures(results: dict, folder: str | Path) -> dict[str, Path]:
 
 def _excess_ok(run: dict) -> bool:
     return bool(run.get("tau_mem") and run.get("tau_gen") and run["tau_mem"] > run["tau_gen"])
-
-
-def sample_grid(rows: Sequence[tuple[str, np.ndarray, np.ndarray]], path: str | Path, title: str = "") -> Path:
-    """One pair of rows per entry: generated samples (top) above their nearest training images (bottom).
-
-    ``rows``: (label, samples (k, C, H, W) in [0,1], nearest training images (k, C, H, W))."""
-    plt = pyplot()
-    k = max(len(s) for _, s, _ in rows)
-    fig, axes = plt.subplots(2 * len(rows), k, figsize=(k * 0.8, len(rows) * 1.75), squeeze=False)
-    for i, (label, samp, near) in enumerate(rows):
-        for j in range(k):
-            for r, img in ((2 * i, samp), (2 * i + 1, near)):
-                ax = axes[r, j]
-                ax.axis("off")
-                if j < len(img):
-                    im = np.clip(np.asarray(img[j]), 0, 1)
-                    ax.imshow(im[0] if im.shape[0] == 1 else np.moveaxis(im, 0, -1), cmap="gray", vmin=0, vmax=1)
-        axes[2 * i, 0].text(
-            -0.6, 0.5, f"{label}\nsample", transform=axes[2 * i, 0].transAxes, ha="right", va="center", fontsize=7
-        )
-        axes[2 * i + 1, 0].text(
-            -0.6, 0.5, "nearest\ntrain", transform=axes[2 * i + 1, 0].transAxes, ha="right", va="center", fontsize=7
-        )
-    if title:
-        fig.suptitle(title, fontsize=9)
-    return save_png(fig, Path(path))
 
 
 def summary_table(results: dict) -> list[list[str]]:

@@ -24,6 +24,7 @@ import numpy as np
 
 from .. import io
 from ..config import claim_folder, resolve_device, to_dict
+from ..figures import sample_grid
 from . import report
 from .evaluate import EvalConfig
 from .executor import Job, run_jobs
@@ -389,7 +390,7 @@ def _samples_figure(cfg: StudyConfig, out: Path, results: dict, per_row: int = 1
         pix = sp.to_pixels(torch.from_numpy(x)).numpy()
         nearest = sp.to_pixels(sp.train[torch.from_numpy(near).long()]).numpy()
         rows.append((f"n={r['n']}\nstep {step}", pix, nearest))
-    return report.sample_grid(
+    return sample_grid(
         rows, out / "figures" / "samples.png", "Late samples (top) and their nearest training images (bottom)"
     )
 

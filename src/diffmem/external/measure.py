@@ -474,7 +474,7 @@ def _write(
     cfg: MeasureConfig,
     t0: float,
 ) -> MeasureResult:
-    from ..dynamics.report import sample_grid
+    from ..figures import sample_grid
 
     out.mkdir(parents=True, exist_ok=True)
     io.save_npz(

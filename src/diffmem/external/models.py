@@ -20,17 +20,24 @@ by the one whose plain DDIM update lands exactly where diffusers' step does (:cl
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from .. import sampling
+from ..models.diffusers import (
+    NO_PICKLE,
+    PREDICTION_TYPES,
+    eps_from_prediction,
+    import_diffusers,
+    quiet_libraries,
+    schedule_from_scheduler,
+    weights_variant,
+)
 from ..schedule import Schedule, linear, scaled_linear
 from .config import MeasureConfig, parse_pixel_range
 
@@ -41,13 +48,6 @@ _LAYOUT = (
     "unet/ and scheduler/; or a UNet2DModel folder: config.json and diffusion_pytorch_model.safetensors) or a "
     "TorchScript file (torch.jit.save) whose forward(x, t) returns the predicted noise"
 )
-_NO_PICKLE = (
-    "diffmem never unpickles weights: convert them once to safetensors, in an environment you trust, e.g. "
-    "`UNet2DModel.from_pretrained(folder).save_pretrained(folder, safe_serialization=True)` (or "
-    "`pipeline.save_pretrained(folder, safe_serialization=True)` for a pipeline)"
-)
-
-
 def _schedule_from_flags(cfg: MeasureConfig) -> tuple[Schedule, dict]:
     kind, T, b0, b1 = cfg.schedule_args()
     sched = (linear if kind == "linear" else scaled_linear)(T, b0, b1)
@@ -89,7 +89,7 @@ class ExternalModel:
         info: dict | None = None,
         device: torch.device | None = None,
     ):
-        if prediction_type not in ("epsilon", "v_prediction", "sample"):
+        if prediction_type not in PREDICTION_TYPES:
             raise ValueError(
                 f"unsupported prediction_type {prediction_type!r}; expected 'epsilon', 'v_prediction' or 'sample'"
             )
@@ -138,9 +138,7 @@ class ExternalModel:
         if self.prediction_type == "epsilon":
             return out
         ab = self._ab.to(out.device)[k].to(out.dtype).reshape(-1, *([1] * (out.ndim - 1)))
-        if self.prediction_type == "v_prediction":  # v = sqrt(ab) eps - sqrt(1 - ab) x0
-            return ab.sqrt() * out + (1 - ab).sqrt() * x
-        return (x - ab.sqrt() * out) / (1 - ab).sqrt()  # "sample": the network predicts x0
+        return eps_from_prediction(out, x, ab, self.prediction_type)
 
     @torch.no_grad()
     def eps(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -295,34 +293,6 @@ def sample(
 
 
 # ------------------------------------------------------------------------------------------ loading
-@contextlib.contextmanager
-def _diffusers_quiet() -> Iterator[None]:
-    from diffusers.utils import logging as dlog
-
-    level, bar = dlog.get_verbosity(), dlog.is_progress_bar_enabled()
-    dlog.set_verbosity_error()
-    dlog.disable_progress_bar()
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)
-            yield
-    finally:
-        dlog.set_verbosity(level)
-        if bar:
-            dlog.enable_progress_bar()
-
-
-def _import_diffusers() -> Any:
-    try:
-        import diffusers
-    except ImportError as e:
-        raise ValueError(
-            f"measuring a diffusers folder needs the diffusers package ({e}); install it with "
-            '`pip install "diffmem[sd]"`, or export the model to TorchScript'
-        ) from None
-    return diffusers
-
-
 def _read_json(path: Path) -> dict:
     try:
         obj = json.loads(path.read_text())
@@ -331,21 +301,6 @@ def _read_json(path: Path) -> dict:
     if not isinstance(obj, dict):
         raise ValueError(f"{path} must hold a JSON object; {_LAYOUT}")
     return obj
-
-
-def _weights_variant(unet_dir: Path) -> str | None:
-    """Check the U-Net's weight files: safetensors only (``None``, or ``"fp16"`` when only that variant exists)."""
-    files = [p.name for p in unet_dir.iterdir() if p.is_file()]
-    safe = [n for n in files if n.endswith(".safetensors") or n.endswith(".safetensors.index.json")]
-    pickled = [n for n in files if n.endswith((".bin", ".bin.index.json", ".ckpt", ".pt", ".pth"))]
-    if not safe:
-        if pickled:
-            raise ValueError(
-                f"{unet_dir} holds only pickled PyTorch weights ({', '.join(sorted(pickled))}); {_NO_PICKLE}"
-            )
-        raise ValueError(f"{unet_dir} holds no weights (diffusion_pytorch_model.safetensors); {_LAYOUT}")
-    plain = [n for n in safe if ".fp16." not in n]
-    return None if plain else "fp16"
 
 
 def _check_unet_config(ucfg: dict, where: Path) -> None:
@@ -365,7 +320,7 @@ def _check_unet_config(ucfg: dict, where: Path) -> None:
 
 
 def _load_diffusers(folder: Path, cfg: MeasureConfig, pixel_range: tuple[float, float], device: torch.device):
-    diffusers = _import_diffusers()
+    diffusers = import_diffusers("measuring a diffusers folder", alternative=", or export the model to TorchScript")
     index_path, config_path = folder / "model_index.json", folder / "config.json"
     sch_cfg: dict | None = None
     if index_path.is_file():
@@ -389,7 +344,7 @@ def _load_diffusers(folder: Path, cfg: MeasureConfig, pixel_range: tuple[float, 
     else:
         raise ValueError(f"{folder} is not a diffusers model folder (no model_index.json or config.json); {_LAYOUT}")
     _check_unet_config(ucfg, unet_dir)
-    variant = _weights_variant(unet_dir)
+    variant = weights_variant(unet_dir, layout=_LAYOUT)
     kw: dict[str, Any] = {
         "local_files_only": True,
         "use_safetensors": True,
@@ -401,7 +356,7 @@ def _load_diffusers(folder: Path, cfg: MeasureConfig, pixel_range: tuple[float, 
     if variant:
         kw["variant"] = variant
     try:
-        with _diffusers_quiet():
+        with quiet_libraries():
             unet = diffusers.UNet2DModel.from_pretrained(str(folder), **kw)
     except (OSError, ValueError, KeyError, TypeError, AttributeError, RuntimeError) as e:
         raise ValueError(f"could not load the UNet2DModel in {unet_dir} ({type(e).__name__}: {e}); {_LAYOUT}") from None
@@ -413,13 +368,11 @@ def _load_diffusers(folder: Path, cfg: MeasureConfig, pixel_range: tuple[float, 
     info: dict[str, Any] = {"class": "UNet2DModel", "parameters": sum(p.numel() for p in unet.parameters())}
     prediction, clip, ddim_sch = "epsilon", None, None
     if sch_cfg is not None:
-        from ..audit.diffusers_adapter import schedule_from_scheduler
-
         sch_cls = str(sch_cfg.get("_class_name", "DDPMScheduler"))
         klass: Any = getattr(diffusers, sch_cls, None)
         if not (isinstance(klass, type) and issubclass(klass, diffusers.SchedulerMixin)):
             klass = diffusers.DDPMScheduler
-        with _diffusers_quiet():
+        with quiet_libraries():
             scheduler = klass.from_config(sch_cfg)
             ddim_sch = diffusers.DDIMScheduler.from_config(sch_cfg)
         sched = schedule_from_scheduler(scheduler)
@@ -550,7 +503,7 @@ def load_model(
     if p.is_dir():
         return _load_diffusers(p, cfg, pixel_range, dev)
     if p.suffix in (".bin", ".ckpt", ".pkl", ".pickle"):
-        raise ValueError(f"{p} is a pickled checkpoint; {_NO_PICKLE}, and pass its diffusers folder")
+        raise ValueError(f"{p} is a pickled checkpoint; {NO_PICKLE}, and pass its diffusers folder")
     if p.suffix == ".safetensors":
         raise ValueError(
             f"{p} holds weights without an architecture; pass the diffusers folder it belongs to (with its "
