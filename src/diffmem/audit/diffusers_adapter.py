@@ -51,6 +51,7 @@ __all__ = [
     "schedule_from_scheduler",
 ]
 
+
 class DiffusersModel:
     """A Stable-Diffusion-style pipeline as a guided eps-prediction model (see the module docstring).
 

@@ -48,6 +48,8 @@ _LAYOUT = (
     "unet/ and scheduler/; or a UNet2DModel folder: config.json and diffusion_pytorch_model.safetensors) or a "
     "TorchScript file (torch.jit.save) whose forward(x, t) returns the predicted noise"
 )
+
+
 def _schedule_from_flags(cfg: MeasureConfig) -> tuple[Schedule, dict]:
     kind, T, b0, b1 = cfg.schedule_args()
     sched = (linear if kind == "linear" else scaled_linear)(T, b0, b1)
