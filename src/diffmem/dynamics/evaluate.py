@@ -1,8 +1,8 @@
 """Evaluate every checkpoint of a run: samples, memorization fraction, quality, losses at fixed t.
 
-Appends one JSON object per checkpoint to ``metrics.jsonl`` (append-only; a re-run skips the steps
-already there, so an interrupted evaluation resumes) and keeps the samples of every checkpoint in
-``samples/step_XXXXXXX.npz`` (model space).
+Appends one JSON object per checkpoint to ``metrics.jsonl`` (a :class:`~diffmem.metrics.Measurement`;
+append-only; a re-run skips the steps already there, so an interrupted evaluation resumes) and keeps
+the samples of every checkpoint in ``samples/step_XXXXXXX.npz`` (model space).
 
 The initial noise of sample i is drawn from its own seed (``seed * 1_000_003 + i``), so every
 checkpoint is sampled from the same x_T and results do not depend on the batch size.
@@ -19,13 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-import numpy as np
 import torch
 
 from .. import io, sampling
 from ..config import claim_folder, resolve_device
 from ..data import Split
-from ..metrics import loss_at_time, memorization_fraction
+from ..metrics import Measurement, loss_at_time, memorization_fraction
 from .training import TrainConfig, list_checkpoints, load_checkpoint, load_split
 
 __all__ = ["FRECHET_MIN_IMAGES_PER_DIM", "EvalConfig", "measure", "quality_measure", "sample_checkpoint"]
@@ -163,20 +162,19 @@ def measure(
         x = sample_checkpoint(model, cfg, ev, sp.shape)
         mem = memorization_fraction(x, sp.train, ev.k, n_boot=ev.n_boot, seed=ev.seed)
         quality = quality_fn(sp.to_pixels(x).clamp(0, 1), real, space)
-        rec = {
-            "step": step,
-            "f_mem": mem.value,
-            "f_mem_ci": list(mem.ci),
-            "quality": quality,
-            "quality_metric": metric,
-            "loss_train": loss_at_time(model, train_dev, sched, ev.loss_t, ev.loss_draws, seed=ev.seed),
-            "loss_test": loss_at_time(model, test_dev, sched, ev.loss_t, ev.loss_draws, seed=ev.seed),
-            "median_ratio": float(np.median(mem.ratios)),
-        }
+        rec = Measurement.of(
+            mem,
+            n_boot=ev.n_boot,
+            step=step,
+            quality=quality,
+            quality_metric=metric,
+            loss_train=loss_at_time(model, train_dev, sched, ev.loss_t, ev.loss_draws, seed=ev.seed),
+            loss_test=loss_at_time(model, test_dev, sched, ev.loss_t, ev.loss_draws, seed=ev.seed),
+        )
         io.save_npz(
             run_dir / "samples" / f"step_{step:07d}.npz", samples=x.numpy(), nearest=mem.nearest, ratios=mem.ratios
         )
-        io.append_jsonl(metrics_path, rec)
+        rec.append_to(metrics_path)
         if progress is not None:
             progress(j + 1, len(todo))
     return sorted(io.read_jsonl(metrics_path), key=lambda r: r["step"])

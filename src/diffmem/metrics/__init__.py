@@ -1,4 +1,5 @@
-"""Metrics: memorization fraction, Fréchet distance and KID in a stated feature space, losses at fixed t."""
+"""Metrics: memorization fraction, Fréchet distance and KID in a stated feature space, losses at fixed t,
+and the record of one measurement (:class:`Measurement`)."""
 
 from .frechet import FrechetDistance, feature_space, frechet, frechet_distance
 from .kid import kid, kid_from_features
@@ -10,9 +11,11 @@ from .memorization import (
     memorization_fraction,
     nearest_two,
 )
+from .record import Measurement
 
 __all__ = [
     "FrechetDistance",
+    "Measurement",
     "MemorizationFraction",
     "MemorizationResult",
     "bootstrap_mean_ci",
