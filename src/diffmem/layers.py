@@ -6,7 +6,7 @@ A *part* is a subpackage (``diffmem.dynamics``, ``diffmem.metrics`` ...) or a to
 =====  ==================================================  ===============================================
 layer  parts                                               what they are
 =====  ==================================================  ===============================================
-0      layers, lazy, io, schedule, state                   foundations: they import nothing else of diffmem
+0      layers, lazy, io, schedule, state, validation       foundations: they import nothing else of diffmem
 1      config, cliutils, figures, sampling, data, models   building blocks: configurations and flags,
                                                            pictures and reports, samplers, data sets,
                                                            networks and the one diffusers layer
@@ -31,7 +31,7 @@ from __future__ import annotations
 __all__ = ["LAYERS", "SIDEWAYS", "layer_of"]
 
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("layers", "lazy", "io", "schedule", "state"),
+    ("layers", "lazy", "io", "schedule", "state", "validation"),
     ("config", "cliutils", "figures", "sampling", "data", "models"),
     ("metrics",),
     ("dynamics", "theory", "audit", "monitor", "external"),

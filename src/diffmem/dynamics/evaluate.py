@@ -25,6 +25,7 @@ from .. import io, sampling
 from ..config import claim_folder, resolve_device
 from ..data import Split
 from ..metrics import Measurement, loss_at_time, memorization_fraction
+from ..validation import Integer, Interval, OneOf, check
 from .training import TrainConfig, list_checkpoints, load_checkpoint, load_split
 
 __all__ = ["FRECHET_MIN_IMAGES_PER_DIM", "EvalConfig", "measure", "quality_measure", "sample_checkpoint"]
@@ -64,14 +65,21 @@ class EvalConfig:
     """Seed of the initial noise, the bootstrap and the loss noise."""
 
     def validate(self) -> None:
-        if self.sampler not in ("ddim", "ddpm"):
-            raise ValueError(f"sampler must be 'ddim' or 'ddpm', got {self.sampler!r}")
-        if self.quality not in ("auto", "frechet", "kid"):
-            raise ValueError(f"quality must be 'auto', 'frechet' or 'kid', got {self.quality!r}")
-        if self.samples < 2:
-            raise ValueError(f"samples must be >= 2, got {self.samples}")
-        if not 0 < self.k < 1:
-            raise ValueError(f"k must lie in (0, 1), got {self.k}")
+        """Raise ``ValueError`` on a setting the evaluation cannot use."""
+        check(
+            self,
+            {
+                "sampler": OneOf("ddim", "ddpm"),
+                "quality": OneOf("auto", "frechet", "kid"),
+                "samples": Integer(min=2),
+                "sampling_steps": Integer(min=1),
+                "k": Interval(0, 1, hint="the paper uses 1/3"),
+                "n_boot": Integer(min=1),
+                "loss_t": Interval(0),
+                "loss_draws": Integer(min=1),
+                "batch": Integer(min=1),
+            },
+        )
 
 
 def quality_measure(quality: str, n_heldout: int, dim: int) -> str:

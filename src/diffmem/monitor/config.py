@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from ..validation import Integer, Interval, OneOf, check
+
 __all__ = ["MAX_SAMPLES", "MonitorConfig"]
 
 MAX_SAMPLES = 20_000
@@ -55,25 +57,25 @@ class MonitorConfig:
 
     def validate(self) -> None:
         """Raise ``ValueError`` on a setting the monitor cannot use."""
-        for name in ("every", "sampling_steps", "n_boot", "quality_window", "loss_draws", "loss_examples", "batch"):
-            v = getattr(self, name)
-            if int(v) != v or v < 1:
-                raise ValueError(f"MonitorConfig.{name} must be a positive integer, got {v!r}")
-        if int(self.samples) != self.samples or self.samples < 2:
-            raise ValueError(f"MonitorConfig.samples must be an integer >= 2, got {self.samples!r}")
-        if self.samples > MAX_SAMPLES:
-            raise ValueError(
-                f"MonitorConfig.samples={self.samples} is more than the monitor's budget of {MAX_SAMPLES} samples per "
-                "check; the monitor is meant to be cheap next to training: use a few hundred samples, and measure "
-                "large sample sets offline (diffmem measure)"
-            )
-        if int(self.window) != self.window or self.window < 3:
-            raise ValueError(f"MonitorConfig.window must be an integer >= 3 (a line's fit), got {self.window}")
-        if not 0 < self.k < 1:
-            raise ValueError(f"MonitorConfig.k must lie in (0, 1) (the paper uses 1/3), got {self.k}")
-        if not 0 < self.threshold < 1:
-            raise ValueError(f"MonitorConfig.threshold must lie in (0, 1), got {self.threshold}")
-        if self.action not in ("warn", "checkpoint", "stop"):
-            raise ValueError(f"MonitorConfig.action must be 'warn', 'checkpoint' or 'stop', got {self.action!r}")
-        if not self.loss_t > 0:
-            raise ValueError(f"MonitorConfig.loss_t must be positive, got {self.loss_t}")
+        positive = Integer(min=1)
+        budget = (
+            "{label}={value} is more than the monitor's budget of "
+            f"{MAX_SAMPLES} samples per check; the monitor is meant to be cheap next to training: use a few "
+            "hundred samples, and measure large sample sets offline (diffmem measure)"
+        )
+        check(
+            self,
+            {
+                **dict.fromkeys(
+                    ("every", "sampling_steps", "n_boot", "quality_window", "loss_draws", "loss_examples", "batch"),
+                    positive,
+                ),
+                "samples": (Integer(min=2), Integer(max=MAX_SAMPLES, message=budget)),
+                "window": Integer(min=3, hint="a line's fit"),
+                "k": Interval(0, 1, hint="the paper uses 1/3"),
+                "threshold": Interval(0, 1),
+                "action": OneOf("warn", "checkpoint", "stop"),
+                "loss_t": Interval(0),
+            },
+            label="{cls}.{name}",
+        )
