@@ -13,9 +13,19 @@ from pathlib import Path
 import pytest
 
 import diffmem
-from diffmem.layers import LAYERS, SIDEWAYS, layer_of
+from diffmem.layers import LAYERS, SIDEWAYS
 
 ROOT = Path(diffmem.__file__).parent
+
+
+def layer_of(module: str) -> tuple[str, int]:
+    """``(part, layer)`` of a module such as ``"diffmem.dynamics.cli"``; a part not in LAYERS is an error."""
+    names = module.split(".")
+    part = names[1] if len(names) > 1 else "diffmem"
+    for i, layer in enumerate(LAYERS):
+        if part in layer:
+            return part, i
+    raise ValueError(f"{module} belongs to no layer; add its part {part!r} to diffmem.layers.LAYERS")
 
 
 def _module_name(path: Path) -> str:

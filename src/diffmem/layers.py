@@ -28,7 +28,7 @@ fails on an import that goes upward or sideways.
 
 from __future__ import annotations
 
-__all__ = ["LAYERS", "SIDEWAYS", "layer_of"]
+__all__ = ["LAYERS", "SIDEWAYS"]
 
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("layers", "lazy", "io", "schedule", "state", "validation"),
@@ -43,21 +43,3 @@ SIDEWAYS: dict[str, tuple[str, ...]] = {"external": ("diffmem.audit.sscd",)}
 """The only imports between two parts of one layer: a part, and the modules of a sibling it may import.
 ``diffmem measure --model --space sscd:PATH`` embeds images with the audit's SSCD copy-detection
 descriptor; nothing else of the audit is reachable from ``external``."""
-
-
-def layer_of(module: str) -> tuple[str, int]:
-    """``(part, layer)`` of a module name such as ``"diffmem.dynamics.cli"`` (``("dynamics", 3)``).
-
-    Raises ``ValueError`` for a module of no listed part: a new part must be placed in :data:`LAYERS`.
-
-    >>> layer_of("diffmem.metrics.memorization")
-    ('metrics', 2)
-    """
-    names = module.split(".")
-    if names[0] != "diffmem":
-        raise ValueError(f"{module} is not a diffmem module")
-    part = names[1] if len(names) > 1 else "diffmem"
-    for i, layer in enumerate(LAYERS):
-        if part in layer:
-            return part, i
-    raise ValueError(f"{module} belongs to no layer; add its part {part!r} to diffmem.layers.LAYERS")

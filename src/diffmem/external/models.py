@@ -24,7 +24,7 @@ import json
 import math
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -323,8 +323,43 @@ def _check_unet_config(ucfg: dict, where: Path) -> None:
 
 def _load_diffusers(folder: Path, cfg: MeasureConfig, pixel_range: tuple[float, float], device: torch.device):
     diffusers = import_diffusers("measuring a diffusers folder", alternative=", or export the model to TorchScript")
+    ucfg, sch_cfg, unet_dir, kind, sub = _read_folder(folder)
+    _check_unet_config(ucfg, unet_dir)
+    unet = _load_unet(diffusers, folder, unet_dir, sub, device)
+    size = unet.config.sample_size
+    h, w = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+    C = int(unet.config.in_channels)
+    out_c = int(unet.config.out_channels)
+    info: dict[str, Any] = {"class": "UNet2DModel", "parameters": sum(p.numel() for p in unet.parameters())}
+    if sch_cfg is not None:
+        st = _scheduler_settings(diffusers, folder, sch_cfg, cfg)
+    else:
+        sched, schedule_info = _schedule_from_flags(cfg)
+        st = _Sampling(sched, schedule_info, "epsilon", pixel_range if cfg.clip_sample == "on" else None, None, "")
+    if out_c != C and not (out_c == 2 * C and "learned" in st.variance):
+        raise ValueError(
+            f"{unet_dir}: the U-Net maps {C} channels to {out_c}; measure needs a noise prediction of the input's "
+            "shape (or twice its channels with variance_type learned/learned_range in the scheduler config)"
+        )
+    return ExternalModel(
+        unet,
+        kind=kind,
+        path=str(folder),
+        schedule=st.schedule,
+        schedule_info=st.schedule_info,
+        pixel_range=pixel_range,
+        shape=(C, h, w),
+        prediction_type=st.prediction,
+        clip=st.clip,
+        scheduler=st.ddim,
+        info=info,
+        device=device,
+    )
+
+
+def _read_folder(folder: Path) -> tuple[dict, dict | None, Path, str, str | None]:
+    """``(unet config, scheduler config or None, unet folder, kind, subfolder)`` of a pipeline or U-Net folder."""
     index_path, config_path = folder / "model_index.json", folder / "config.json"
-    sch_cfg: dict | None = None
     if index_path.is_file():
         index = _read_json(index_path)
         latent = [c for c in ("vqvae", "vae") if index.get(c) not in (None, [None, None])]
@@ -338,14 +373,14 @@ def _load_diffusers(folder: Path, cfg: MeasureConfig, pixel_range: tuple[float, 
             if not (d / marker).is_file():
                 raise ValueError(f"{folder} is not a complete diffusers pipeline folder: no {name}/{marker}; {_LAYOUT}")
         ucfg = _read_json(unet_dir / "config.json")
-        sch_cfg = _read_json(sch_dir / "scheduler_config.json")
-        kind, sub = "diffusers-pipeline", "unet"
-    elif config_path.is_file():
-        ucfg = _read_json(config_path)
-        unet_dir, kind, sub = folder, "diffusers-unet", None
-    else:
-        raise ValueError(f"{folder} is not a diffusers model folder (no model_index.json or config.json); {_LAYOUT}")
-    _check_unet_config(ucfg, unet_dir)
+        return ucfg, _read_json(sch_dir / "scheduler_config.json"), unet_dir, "diffusers-pipeline", "unet"
+    if config_path.is_file():
+        return _read_json(config_path), None, folder, "diffusers-unet", None
+    raise ValueError(f"{folder} is not a diffusers model folder (no model_index.json or config.json); {_LAYOUT}")
+
+
+def _load_unet(diffusers: Any, folder: Path, unet_dir: Path, sub: str | None, device: torch.device) -> Any:
+    """The UNet2DModel of the folder: local files, safetensors weights only, quietly; in eval mode on ``device``."""
     variant = weights_variant(unet_dir, layout=_LAYOUT)
     kw: dict[str, Any] = {
         "local_files_only": True,
@@ -362,77 +397,60 @@ def _load_diffusers(folder: Path, cfg: MeasureConfig, pixel_range: tuple[float, 
             unet = diffusers.UNet2DModel.from_pretrained(str(folder), **kw)
     except (OSError, ValueError, KeyError, TypeError, AttributeError, RuntimeError) as e:
         raise ValueError(f"could not load the UNet2DModel in {unet_dir} ({type(e).__name__}: {e}); {_LAYOUT}") from None
-    unet = unet.to(device).eval().requires_grad_(False)
-    size = unet.config.sample_size
-    h, w = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
-    C = int(unet.config.in_channels)
-    out_c = int(unet.config.out_channels)
-    info: dict[str, Any] = {"class": "UNet2DModel", "parameters": sum(p.numel() for p in unet.parameters())}
-    prediction, clip, ddim_sch = "epsilon", None, None
-    if sch_cfg is not None:
-        sch_cls = str(sch_cfg.get("_class_name", "DDPMScheduler"))
-        klass: Any = getattr(diffusers, sch_cls, None)
-        if not (isinstance(klass, type) and issubclass(klass, diffusers.SchedulerMixin)):
-            klass = diffusers.DDPMScheduler
-        with quiet_libraries():
-            scheduler = klass.from_config(sch_cfg)
-            ddim_sch = diffusers.DDIMScheduler.from_config(sch_cfg)
-        sched = schedule_from_scheduler(scheduler)
-        sc = scheduler.config
-        schedule_info = {
-            "source": "scheduler/scheduler_config.json",
-            "scheduler": sch_cls,
-            "kind": sc.get("beta_schedule", "linear") if sc.get("trained_betas") is None else "trained_betas",
-            "T": sched.T,
-            "beta_start": sc.get("beta_start"),
-            "beta_end": sc.get("beta_end"),
-            "timestep_spacing": ddim_sch.config.timestep_spacing,
-            "steps_offset": int(ddim_sch.config.steps_offset),
-            "set_alpha_to_one": bool(ddim_sch.config.set_alpha_to_one),
-        }
-        if cfg.schedule_flags_given():
-            flagged, _ = _schedule_from_flags(cfg)
-            if flagged.T != sched.T or not torch.allclose(flagged.alphas_cumprod, sched.alphas_cumprod, rtol=1e-5):
-                raise ValueError(
-                    f"--schedule/--T/--beta-start/--beta-end disagree with {folder}/scheduler/scheduler_config.json "
-                    f"({schedule_info['kind']}, T = {sched.T}); the folder's scheduler defines the schedule: "
-                    "drop the flags"
-                )
-        prediction = str(sc.get("prediction_type", "epsilon"))
-        use_clip = bool(sc.get("clip_sample", False)) if cfg.clip_sample == "auto" else cfg.clip_sample == "on"
-        if use_clip and sc.get("thresholding", False):
+    return unet.to(device).eval().requires_grad_(False)
+
+
+class _Sampling(NamedTuple):
+    schedule: Schedule
+    schedule_info: dict
+    prediction: str
+    clip: tuple[float, float] | None
+    ddim: Any  # a diffusers DDIMScheduler, or None
+    variance: str
+
+
+def _scheduler_settings(diffusers: Any, folder: Path, sch_cfg: dict, cfg: MeasureConfig) -> _Sampling:
+    """The schedule, prediction type, clipping and DDIM step semantics a pipeline's scheduler config defines."""
+    sch_cls = str(sch_cfg.get("_class_name", "DDPMScheduler"))
+    klass: Any = getattr(diffusers, sch_cls, None)
+    if not (isinstance(klass, type) and issubclass(klass, diffusers.SchedulerMixin)):
+        klass = diffusers.DDPMScheduler
+    with quiet_libraries():
+        scheduler = klass.from_config(sch_cfg)
+        ddim_sch = diffusers.DDIMScheduler.from_config(sch_cfg)
+    sched = schedule_from_scheduler(scheduler)
+    sc = scheduler.config
+    schedule_info = {
+        "source": "scheduler/scheduler_config.json",
+        "scheduler": sch_cls,
+        "kind": sc.get("beta_schedule", "linear") if sc.get("trained_betas") is None else "trained_betas",
+        "T": sched.T,
+        "beta_start": sc.get("beta_start"),
+        "beta_end": sc.get("beta_end"),
+        "timestep_spacing": ddim_sch.config.timestep_spacing,
+        "steps_offset": int(ddim_sch.config.steps_offset),
+        "set_alpha_to_one": bool(ddim_sch.config.set_alpha_to_one),
+    }
+    if cfg.schedule_flags_given():
+        flagged, _ = _schedule_from_flags(cfg)
+        if flagged.T != sched.T or not torch.allclose(flagged.alphas_cumprod, sched.alphas_cumprod, rtol=1e-5):
             raise ValueError(
-                f"{folder}/scheduler/scheduler_config.json asks for dynamic thresholding, which measure does not "
-                "implement; pass --clip-sample off to sample without it (or on to clip x0 instead)"
+                f"--schedule/--T/--beta-start/--beta-end disagree with {folder}/scheduler/scheduler_config.json "
+                f"({schedule_info['kind']}, T = {sched.T}); the folder's scheduler defines the schedule: "
+                "drop the flags"
             )
-        if use_clip:
-            r = float(sc.get("clip_sample_range", 1.0))
-            clip = (-r, r)
-        variance = str(sc.get("variance_type", ""))
-    else:
-        sched, schedule_info = _schedule_from_flags(cfg)
-        if cfg.clip_sample == "on":
-            clip = pixel_range
-        variance = ""
-    if out_c != C and not (out_c == 2 * C and "learned" in variance):
+    use_clip = bool(sc.get("clip_sample", False)) if cfg.clip_sample == "auto" else cfg.clip_sample == "on"
+    if use_clip and sc.get("thresholding", False):
         raise ValueError(
-            f"{unet_dir}: the U-Net maps {C} channels to {out_c}; measure needs a noise prediction of the input's "
-            "shape (or twice its channels with variance_type learned/learned_range in the scheduler config)"
+            f"{folder}/scheduler/scheduler_config.json asks for dynamic thresholding, which measure does not "
+            "implement; pass --clip-sample off to sample without it (or on to clip x0 instead)"
         )
-    return ExternalModel(
-        unet,
-        kind=kind,
-        path=str(folder),
-        schedule=sched,
-        schedule_info=schedule_info,
-        pixel_range=pixel_range,
-        shape=(C, h, w),
-        prediction_type=prediction,
-        clip=clip,
-        scheduler=ddim_sch,
-        info=info,
-        device=device,
-    )
+    clip = None
+    if use_clip:
+        r = float(sc.get("clip_sample_range", 1.0))
+        clip = (-r, r)
+    prediction = str(sc.get("prediction_type", "epsilon"))
+    return _Sampling(sched, schedule_info, prediction, clip, ddim_sch, str(sc.get("variance_type", "")))
 
 
 def _load_torchscript(path: Path, cfg: MeasureConfig, pixel_range: tuple[float, float], device: torch.device):
