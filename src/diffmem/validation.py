@@ -240,7 +240,7 @@ class Each(Constraint):
             if all(self.inner.accepts(v) for v in value):  # only the order is wrong
                 return f"{label} must be strictly increasing{shown}"
             return f"every {self.each or 'value of ' + label} must {self.inner.describe()}{hint}{shown}"
-        if self.each is not None:  # an empty (or short) sequence, worded as today's messages for one value
+        if self.each is not None:  # too short: "every k must ..." still says what each value must be
             return f"every {self.each} must {self.inner.describe()}{hint}{shown}"
         return f"{label} must hold at least {self.min_len} value{'s' if self.min_len > 1 else ''}{shown}"
 
