@@ -381,11 +381,13 @@ def test_stops_a_digits_run_before_memorization_while_quality_is_near_its_best(t
 
 def test_documented_examples_run():
     import doctest
+    import importlib
 
-    import diffmem.monitor
-
-    res = doctest.testmod(diffmem.monitor, optionflags=doctest.ELLIPSIS)
-    assert res.failed == 0 and res.attempted >= 8
+    failed = attempted = 0
+    for name in ("config", "onset", "check", "monitor"):
+        res = doctest.testmod(importlib.import_module(f"diffmem.monitor.{name}"), optionflags=doctest.ELLIPSIS)
+        failed, attempted = failed + res.failed, attempted + res.attempted
+    assert failed == 0 and attempted >= 8
 
 
 def test_diffusers_example_runs(tmp_path):

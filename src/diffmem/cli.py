@@ -1,8 +1,11 @@
 """The ``diffmem`` command: parse, build a configuration, call the library.
 
 ``diffmem --help`` lists the commands; each part of diffmem registers its own:
-:mod:`diffmem.dynamics.cli` (``dynamics``, ``train``, ``measure``, ``sample``),
-:mod:`diffmem.theory.cli` (``theory``) and :mod:`diffmem.audit.cli` (``audit``).
+:mod:`diffmem.dynamics.cli` (``dynamics``, ``train``, ``sample``), :mod:`diffmem.dynamics.predict`
+(``predict``), :mod:`diffmem.theory.cli` (``theory``) and :mod:`diffmem.audit.cli` (``audit``).
+``measure`` spans two parts: on a run folder it is the dynamics' evaluation, with ``--model PATH`` it
+measures a model diffmem did not train (:mod:`diffmem.external.cli`). It is registered here, above
+both, so that neither part imports the other.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 __all__ = ["build_parser", "main"]
 
@@ -28,10 +32,35 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"diffmem {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     dynamics_cli.register(sub)
+    _register_measure(sub)
     predict_cli.register(sub)
     theory_cli.register(sub)
     audit_cli.register(sub)
     return parser
+
+
+def _register_measure(sub: Any) -> None:
+    """``diffmem measure``: a run folder (the ``--eval-*`` flags) or any model (``--model PATH`` and its flags)."""
+    from .dynamics.cli import add_measure_flags
+    from .external.cli import add_model_flags
+
+    p = sub.add_parser(
+        "measure",
+        help="evaluate every checkpoint of a run folder (--out) into metrics.jsonl, or any model with --model PATH",
+    )
+    add_measure_flags(p)
+    add_model_flags(p)
+    p.set_defaults(func=_cmd_measure)
+
+
+def _cmd_measure(args: argparse.Namespace) -> int:
+    from .external.cli import cmd_measure_model, model_flags_given
+
+    if model_flags_given(args):  # --model PATH: a model diffmem did not train (docs/measure.md)
+        return cmd_measure_model(args)
+    from .dynamics.cli import cmd_measure
+
+    return cmd_measure(args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

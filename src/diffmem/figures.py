@@ -1,4 +1,4 @@
-"""Figure and HTML helpers shared by the dynamics, theory and audit reports.
+"""Figure and HTML helpers shared by the reports of every part (dynamics, theory, audit, measure).
 
 Figures are drawn with matplotlib's non-interactive Agg backend and written atomically as PNG; the
 HTML reports are single self-contained files with the figures embedded as base64.
@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["colors", "fmt", "html_page", "html_table", "img_tag", "pyplot", "save_png"]
+__all__ = ["colors", "fmt", "html_page", "html_table", "img_tag", "pyplot", "sample_grid", "save_png"]
 
 _CSS = (
     "body{font-family:system-ui,sans-serif;max-width:1150px;margin:2em auto;color:#222}"
@@ -82,3 +82,31 @@ def html_page(title: str, body: str, figures: dict[str, Path] | None = None) -> 
         f'<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
         f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>\n{body}\n{figs}</body></html>"
     )
+
+
+def sample_grid(rows: Sequence[tuple[str, Any, Any]], path: str | Path, title: str = "") -> Path:
+    """One pair of rows per entry: generated samples (top) above their nearest training images (bottom).
+
+    ``rows``: (label, samples (k, C, H, W) in [0,1], nearest training images (k, C, H, W))."""
+    import numpy as np
+
+    plt = pyplot()
+    k = max(len(s) for _, s, _ in rows)
+    fig, axes = plt.subplots(2 * len(rows), k, figsize=(k * 0.8, len(rows) * 1.75), squeeze=False)
+    for i, (label, samp, near) in enumerate(rows):
+        for j in range(k):
+            for r, img in ((2 * i, samp), (2 * i + 1, near)):
+                ax = axes[r, j]
+                ax.axis("off")
+                if j < len(img):
+                    im = np.clip(np.asarray(img[j]), 0, 1)
+                    ax.imshow(im[0] if im.shape[0] == 1 else np.moveaxis(im, 0, -1), cmap="gray", vmin=0, vmax=1)
+        axes[2 * i, 0].text(
+            -0.6, 0.5, f"{label}\nsample", transform=axes[2 * i, 0].transAxes, ha="right", va="center", fontsize=7
+        )
+        axes[2 * i + 1, 0].text(
+            -0.6, 0.5, "nearest\ntrain", transform=axes[2 * i + 1, 0].transAxes, ha="right", va="center", fontsize=7
+        )
+    if title:
+        fig.suptitle(title, fontsize=9)
+    return save_png(fig, Path(path))

@@ -25,124 +25,31 @@ hub. The audit works in the pipeline's latent space:
 from __future__ import annotations
 
 import contextlib
-import json
 import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..schedule import Schedule, linear, scaled_linear
-
-__all__ = ["REQUIRED_COMPONENTS", "DiffusersModel", "load_pipeline_model", "schedule_from_scheduler"]
-
-#: components a Stable-Diffusion-style folder must have, with the file that marks each one
-REQUIRED_COMPONENTS = {
-    "unet": ("config.json",),
-    "vae": ("config.json",),
-    "text_encoder": ("config.json",),
-    "tokenizer": ("tokenizer_config.json", "vocab.json", "tokenizer.json"),
-    "scheduler": ("scheduler_config.json",),
-}
-
-_LAYOUT = (
-    "a diffusers pipeline folder (as written by `StableDiffusionPipeline.save_pretrained(folder)` or "
-    "downloaded with `huggingface-cli download <repo> --local-dir folder`) holds model_index.json and the "
-    "subfolders unet/, vae/, text_encoder/, tokenizer/, scheduler/"
+from ..models.diffusers import (
+    REQUIRED_COMPONENTS,
+    SD_LAYOUT,
+    check_pipeline_folder,
+    eps_from_prediction,
+    import_diffusers,
+    quiet_libraries,
+    schedule_from_scheduler,
+    weights_variant,
 )
+from ..schedule import Schedule
 
-
-def _import_diffusers():
-    try:
-        import diffusers
-        import transformers  # noqa: F401 - imported only to fail early when it is missing
-    except ImportError as e:
-        raise ImportError(
-            f"auditing a Stable Diffusion pipeline needs diffusers and transformers ({e}); "
-            'install them with `pip install "diffmem[sd]"`'
-        ) from e
-    return diffusers
-
-
-def check_pipeline_folder(folder: str | Path) -> dict:
-    """Check the layout of a local pipeline folder; return its ``model_index.json``."""
-    folder = Path(folder)
-    if not folder.exists():
-        raise FileNotFoundError(f"no such pipeline folder: {folder}; {_LAYOUT}")
-    if not folder.is_dir():
-        raise ValueError(
-            f"{folder} is a file, not a diffusers pipeline folder; {_LAYOUT}. A single-file checkpoint "
-            "(.ckpt/.safetensors) can be converted with "
-            "`StableDiffusionPipeline.from_single_file(path).save_pretrained(folder)`"
-        )
-    index_path = folder / "model_index.json"
-    if not index_path.is_file():
-        raise ValueError(f"{folder} is not a diffusers pipeline folder: it has no model_index.json; {_LAYOUT}")
-    try:
-        index = json.loads(index_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{index_path} is not valid JSON ({e}); restore it from the original pipeline") from e
-    if not isinstance(index, dict):
-        raise ValueError(f"{index_path} must hold a JSON object; {_LAYOUT}")
-    cls = str(index.get("_class_name", ""))
-    if "XL" in cls or "StableDiffusion3" in cls or "Flux" in cls:
-        raise ValueError(
-            f"{folder} holds a {cls}; only Stable-Diffusion-1.x/2.x-style pipelines "
-            "(one CLIP text encoder) are supported"
-        )
-    missing = []
-    for name, markers in REQUIRED_COMPONENTS.items():
-        entry = index.get(name)
-        sub = folder / name
-        if not entry or entry == [None, None] or not sub.is_dir() or not any((sub / m).is_file() for m in markers):
-            missing.append(f"{name}/ (with {' or '.join(markers)})")
-    if missing:
-        raise ValueError(
-            f"{folder} is not a complete diffusers pipeline folder: missing {', '.join(missing)}; {_LAYOUT}"
-        )
-    return index
-
-
-def schedule_from_scheduler(scheduler: Any) -> Schedule:
-    """The float64 training schedule of a diffusers scheduler, checked against its ``alphas_cumprod``.
-
-    ``scaled_linear`` (Stable Diffusion): ``betas = linspace(sqrt(b0), sqrt(b1), T)^2``; ``linear``:
-    ``linspace(b0, b1, T)``; ``trained_betas`` are used as given; any other beta schedule takes the
-    scheduler's own betas (float32) in float64.
-    """
-    cfg = scheduler.config
-    if cfg.get("rescale_betas_zero_snr", False):
-        raise ValueError(
-            "the scheduler rescales betas to zero terminal SNR (alpha_bar = 0 at the last step), which has no "
-            "eps-prediction at t = T; set rescale_betas_zero_snr to false in scheduler/scheduler_config.json"
-        )
-    T = int(cfg.get("num_train_timesteps", 1000))
-    kind = cfg.get("beta_schedule", "linear")
-    b0, b1 = float(cfg.get("beta_start", 1e-4)), float(cfg.get("beta_end", 2e-2))
-    trained = cfg.get("trained_betas", None)
-    if trained is not None:
-        sched = Schedule(torch.as_tensor(list(trained), dtype=torch.float64))
-    elif kind == "linear":
-        sched = linear(T, b0, b1)
-    elif kind == "scaled_linear":
-        sched = scaled_linear(T, b0, b1)
-    elif getattr(scheduler, "betas", None) is not None:
-        sched = Schedule(torch.as_tensor(scheduler.betas).to(torch.float64))
-    else:
-        raise ValueError(
-            f"cannot rebuild the beta schedule {kind!r} of {type(scheduler).__name__}: it exposes no betas"
-        )
-    ref = getattr(scheduler, "alphas_cumprod", None)
-    if ref is not None:
-        ref = torch.as_tensor(ref).to(torch.float64)
-        if ref.shape != sched.alphas_cumprod.shape or not torch.allclose(
-            sched.alphas_cumprod, ref, rtol=1e-4, atol=1e-7
-        ):
-            raise ValueError(
-                f"the rebuilt {kind!r} schedule disagrees with {type(scheduler).__name__}.alphas_cumprod; "
-                "check beta_start/beta_end/beta_schedule in scheduler/scheduler_config.json"
-            )
-    return sched
+__all__ = [
+    "REQUIRED_COMPONENTS",
+    "DiffusersModel",
+    "check_pipeline_folder",
+    "load_pipeline_model",
+    "schedule_from_scheduler",
+]
 
 
 class DiffusersModel:
@@ -288,11 +195,7 @@ class DiffusersModel:
         if self.prediction_type == "epsilon":
             return out
         ab = self._ab[k].to(out.dtype).reshape(-1, *([1] * (out.ndim - 1)))
-        if (
-            self.prediction_type == "v_prediction"
-        ):  # v = sqrt(ab) eps - sqrt(1-ab) x0  =>  eps = sqrt(ab) v + sqrt(1-ab) x
-            return ab.sqrt() * out + (1 - ab).sqrt() * x
-        return (x - ab.sqrt() * out) / (1 - ab).sqrt()  # "sample": the model predicts x0
+        return eps_from_prediction(out, x, ab, self.prediction_type)
 
     def timesteps(self, steps: int) -> list[int]:
         """Descending DDIM step indices for ``steps`` steps as the pipeline would use them.
@@ -382,32 +285,6 @@ class DiffusersModel:
         }
 
 
-@contextlib.contextmanager
-def _quiet_libraries():
-    """Silence diffusers/transformers info logs and their loading progress bars, then restore them."""
-    from diffusers.utils import logging as dlog
-    from transformers.utils import logging as tlog
-
-    saved = [(m, m.get_verbosity(), m.is_progress_bar_enabled()) for m in (dlog, tlog)]
-    for m, _, _ in saved:
-        m.set_verbosity_error()
-        m.disable_progress_bar()
-    try:
-        yield
-    finally:
-        for m, level, bar in saved:
-            m.set_verbosity(level)
-            if bar:
-                m.enable_progress_bar()
-
-
-def _weights_variant(folder: Path) -> str | None:
-    """ "fp16" when the U-Net's weights exist only as the fp16 variant (``*.fp16.safetensors``), else None."""
-    names = [p.name for p in (folder / "unet").iterdir() if p.suffix in (".safetensors", ".bin")]
-    plain = [n for n in names if ".fp16." not in n and not n.endswith(".fp16.safetensors")]
-    return "fp16" if names and not plain and any(".fp16." in n for n in names) else None
-
-
 def load_pipeline_model(
     folder: str | Path,
     device: str | torch.device = "cpu",
@@ -422,13 +299,13 @@ def load_pipeline_model(
     (and cast to ``dtype``). ``quiet`` silences the libraries' own loading logs and progress bars.
     """
     index = check_pipeline_folder(folder)
-    diffusers = _import_diffusers()
+    diffusers = import_diffusers("auditing a Stable Diffusion pipeline", transformers=True)
     extra: dict[str, Any] = {name: None for name in ("feature_extractor", "image_encoder") if name in index}
-    variant = _weights_variant(Path(folder))
+    variant = weights_variant(Path(folder) / "unet", pickled_ok=True)
     if variant is not None:
         extra["variant"] = variant
     try:
-        with warnings.catch_warnings(), _quiet_libraries() if quiet else contextlib.nullcontext():
+        with warnings.catch_warnings(), quiet_libraries(transformers=True) if quiet else contextlib.nullcontext():
             warnings.simplefilter("ignore", FutureWarning)
             pipe = diffusers.StableDiffusionPipeline.from_pretrained(
                 str(folder),
@@ -440,7 +317,7 @@ def load_pipeline_model(
             )
     except (OSError, ValueError, KeyError, TypeError, AttributeError, RuntimeError) as e:
         raise ValueError(
-            f"could not load the diffusers pipeline in {folder} ({type(e).__name__}: {e}); {_LAYOUT}, "
+            f"could not load the diffusers pipeline in {folder} ({type(e).__name__}: {e}); {SD_LAYOUT}, "
             "each with its weights (*.safetensors or *.bin)"
         ) from e
     if hasattr(pipe, "set_progress_bar_config"):

@@ -12,7 +12,7 @@ Modules, in the order data flows through them:
 * :mod:`~diffmem.dynamics.executor` — many runs on local worker processes;
 * :mod:`~diffmem.dynamics.study` — the whole study: :class:`StudyConfig`, :func:`run_study`;
 * :mod:`~diffmem.dynamics.report` — figures and ``report.html``;
-* :mod:`~diffmem.dynamics.cli` — ``diffmem dynamics | train | measure | sample``.
+* :mod:`~diffmem.dynamics.cli` — ``diffmem dynamics | train | sample`` and ``diffmem measure`` on a run folder.
 
 Names load lazily, so importing this package does not import torch.
 """

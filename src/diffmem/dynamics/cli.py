@@ -1,8 +1,9 @@
-"""``diffmem dynamics | train | measure | sample``: the training-dynamics study and its stages.
+"""``diffmem dynamics | train | sample`` and ``diffmem measure`` on a run folder: the study and its stages.
 
 A thin argparse layer over :mod:`diffmem.dynamics`: the flags are the fields of :class:`TrainConfig`,
 :class:`EvalConfig` and :class:`TimeRules` (built by :mod:`diffmem.cliutils`). Module-level imports
-are light; torch loads inside the commands.
+are light; torch loads inside the commands. The ``measure`` command spans two parts (a run folder
+here, any model in :mod:`diffmem.external`), so :mod:`diffmem.cli` registers it.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any
 
 from ..cliutils import add_common, add_config_flags, config_from_flags, print_json, table
 
-__all__ = ["register"]
+__all__ = ["add_measure_flags", "cmd_measure", "register"]
 
 
 # ----------------------------------------------------------------------------------------- dynamics
@@ -182,10 +183,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 
 def cmd_measure(args: argparse.Namespace) -> int:
-    from ..external.cli import cmd_measure_model, model_flags_given
-
-    if model_flags_given(args):  # --model PATH: a model diffmem did not train (docs/measure.md)
-        return cmd_measure_model(args)
+    """``diffmem measure`` on a run folder (``--out``): evaluate every checkpoint into metrics.jsonl."""
     from tqdm.auto import tqdm
 
     from .evaluate import measure
@@ -223,7 +221,9 @@ def cmd_measure(args: argparse.Namespace) -> int:
 
 
 def register(sub: Any) -> None:
-    """Add ``dynamics``, ``train``, ``sample`` and ``measure`` to an argparse ``subparsers`` object."""
+    """Add ``dynamics``, ``train`` and ``sample`` to an argparse ``subparsers`` object (``measure``, which
+    also measures models diffmem did not train, is registered by :mod:`diffmem.cli` with
+    :func:`add_measure_flags`)."""
     from .evaluate import EvalConfig
     from .study import PRESETS, StudyConfig
     from .timescales import TimeRules
@@ -261,13 +261,14 @@ def register(sub: Any) -> None:
     add_config_flags(p, EvalConfig, prefix="eval_", skip=("seed",), title="sampling")
     p.set_defaults(func=cmd_sample)
 
-    p = sub.add_parser(
-        "measure",
-        help="evaluate every checkpoint of a run folder (--out) into metrics.jsonl, or any model with --model PATH",
-    )
+
+def add_measure_flags(p: argparse.ArgumentParser) -> None:
+    """The flags of ``diffmem measure`` on a run folder: the common ones and the ``--eval-*`` settings.
+
+    The ``measure`` command itself is registered by :mod:`diffmem.cli`, which adds the flags of
+    ``measure --model`` (:mod:`diffmem.external.cli`) to the same parser and dispatches between the two.
+    """
+    from .evaluate import EvalConfig
+
     add_common(p, "runs/train", seed_help="random seed of samples, bootstrap and loss noise", device=True)
     add_config_flags(p, EvalConfig, prefix="eval_", skip=("seed",), title="evaluation")
-    from ..external.cli import add_model_flags
-
-    add_model_flags(p)
-    p.set_defaults(func=cmd_measure)

@@ -1,8 +1,8 @@
 """Evaluate every checkpoint of a run: samples, memorization fraction, quality, losses at fixed t.
 
-Appends one JSON object per checkpoint to ``metrics.jsonl`` (append-only; a re-run skips the steps
-already there, so an interrupted evaluation resumes) and keeps the samples of every checkpoint in
-``samples/step_XXXXXXX.npz`` (model space).
+Appends one JSON object per checkpoint to ``metrics.jsonl`` (a :class:`~diffmem.metrics.Measurement`;
+append-only; a re-run skips the steps already there, so an interrupted evaluation resumes) and keeps
+the samples of every checkpoint in ``samples/step_XXXXXXX.npz`` (model space).
 
 The initial noise of sample i is drawn from its own seed (``seed * 1_000_003 + i``), so every
 checkpoint is sampled from the same x_T and results do not depend on the batch size.
@@ -19,13 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-import numpy as np
 import torch
 
 from .. import io, sampling
 from ..config import claim_folder, resolve_device
 from ..data import Split
-from ..metrics import loss_at_time, memorization_fraction
+from ..metrics import Measurement, loss_at_time, memorization_fraction
+from ..validation import Integer, Interval, OneOf, check
 from .training import TrainConfig, list_checkpoints, load_checkpoint, load_split
 
 __all__ = ["FRECHET_MIN_IMAGES_PER_DIM", "EvalConfig", "measure", "quality_measure", "sample_checkpoint"]
@@ -65,14 +65,21 @@ class EvalConfig:
     """Seed of the initial noise, the bootstrap and the loss noise."""
 
     def validate(self) -> None:
-        if self.sampler not in ("ddim", "ddpm"):
-            raise ValueError(f"sampler must be 'ddim' or 'ddpm', got {self.sampler!r}")
-        if self.quality not in ("auto", "frechet", "kid"):
-            raise ValueError(f"quality must be 'auto', 'frechet' or 'kid', got {self.quality!r}")
-        if self.samples < 2:
-            raise ValueError(f"samples must be >= 2, got {self.samples}")
-        if not 0 < self.k < 1:
-            raise ValueError(f"k must lie in (0, 1), got {self.k}")
+        """Raise ``ValueError`` on a setting the evaluation cannot use."""
+        check(
+            self,
+            {
+                "sampler": OneOf("ddim", "ddpm"),
+                "quality": OneOf("auto", "frechet", "kid"),
+                "samples": Integer(min=2),
+                "sampling_steps": Integer(min=1),
+                "k": Interval(0, 1, hint="the paper uses 1/3"),
+                "n_boot": Integer(min=1),
+                "loss_t": Interval(0),
+                "loss_draws": Integer(min=1),
+                "batch": Integer(min=1),
+            },
+        )
 
 
 def quality_measure(quality: str, n_heldout: int, dim: int) -> str:
@@ -163,20 +170,19 @@ def measure(
         x = sample_checkpoint(model, cfg, ev, sp.shape)
         mem = memorization_fraction(x, sp.train, ev.k, n_boot=ev.n_boot, seed=ev.seed)
         quality = quality_fn(sp.to_pixels(x).clamp(0, 1), real, space)
-        rec = {
-            "step": step,
-            "f_mem": mem.value,
-            "f_mem_ci": list(mem.ci),
-            "quality": quality,
-            "quality_metric": metric,
-            "loss_train": loss_at_time(model, train_dev, sched, ev.loss_t, ev.loss_draws, seed=ev.seed),
-            "loss_test": loss_at_time(model, test_dev, sched, ev.loss_t, ev.loss_draws, seed=ev.seed),
-            "median_ratio": float(np.median(mem.ratios)),
-        }
+        rec = Measurement.of(
+            mem,
+            n_boot=ev.n_boot,
+            step=step,
+            quality=quality,
+            quality_metric=metric,
+            loss_train=loss_at_time(model, train_dev, sched, ev.loss_t, ev.loss_draws, seed=ev.seed),
+            loss_test=loss_at_time(model, test_dev, sched, ev.loss_t, ev.loss_draws, seed=ev.seed),
+        )
         io.save_npz(
             run_dir / "samples" / f"step_{step:07d}.npz", samples=x.numpy(), nearest=mem.nearest, ratios=mem.ratios
         )
-        io.append_jsonl(metrics_path, rec)
+        rec.append_to(metrics_path)
         if progress is not None:
             progress(j + 1, len(todo))
     return sorted(io.read_jsonl(metrics_path), key=lambda r: r["step"])

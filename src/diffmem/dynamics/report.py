@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import html
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..figures import colors, fmt, html_page, html_table, pyplot, save_png
+from ..figures import colors, fmt, html_page, html_table, pyplot, sample_grid, save_png
 
 __all__ = ["dynamics_figures", "sample_grid", "summary_table", "write_html"]
 
@@ -22,31 +22,61 @@ def _legend(ax: Any) -> None:
 
 def dynamics_figures(results: dict, folder: str | Path) -> dict[str, Path]:
     """Quality and f_mem against training time, the tau/n collapse, losses, and the timescales."""
-    plt = pyplot()
     folder = Path(folder)
-    runs = results["runs"]
-    sizes = sorted({r["n"] for r in runs})
-    by_n = dict(zip(sizes, colors(len(sizes))))
-    cols = [by_n[r["n"]] for r in runs]
-    styles = ["-", "--", ":", "-."]
+    runs = _Runs(results["runs"])
+    return {
+        "quality_fmem": _quality_fmem_figure(runs, folder / "quality_fmem.png"),
+        "collapse": _collapse_figure(runs, results.get("collapse") or {}, folder / "collapse.png"),
+        "losses": _losses_figure(runs, folder / "losses.png"),
+        "timescales": _timescales_figure(runs, results, folder / "timescales.png"),
+    }
 
-    missed = {r["n"] for r in runs if not r["tau_mem"]}
 
-    def label(r: dict) -> str | None:  # one legend entry per size; sizes with a run short of tau_mem marked
+class _Runs:
+    """The runs of a study with what every figure draws them with: a colour per size, a line style per
+    subset and one legend entry per size (marked when a run of that size is short of tau_mem)."""
+
+    styles = ("-", "--", ":", "-.")
+
+    def __init__(self, runs: list[dict]) -> None:
+        self.runs = runs
+        sizes = sorted({r["n"] for r in runs})
+        by_n = dict(zip(sizes, colors(len(sizes))))
+        self.cols = [by_n[r["n"]] for r in runs]
+        self.missed = {r["n"] for r in runs if not r["tau_mem"]}
+
+    def __iter__(self) -> Iterator[tuple[dict, Any]]:
+        return iter(zip(self.runs, self.cols))
+
+    def style(self, r: dict) -> str:
+        return self.styles[r.get("subset", 0) % len(self.styles)]
+
+    def label(self, r: dict) -> str | None:
         if r.get("subset", 0) != 0:
             return None
-        return f"n={r['n']}" + (" (τ_mem not reached)" if r["n"] in missed else "")
+        return f"n={r['n']}" + (" (τ_mem not reached)" if r["n"] in self.missed else "")
 
-    out: dict[str, Path] = {}
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for r, c in zip(runs, cols):
-        s = np.array([p["step"] for p in r["curve"]], dtype=float)
-        ls = styles[r.get("subset", 0) % len(styles)]
-        axes[0].plot(s, [p["quality"] for p in r["curve"]], ls, marker="o", ms=3, color=c, label=label(r))
+def _steps(r: dict) -> np.ndarray:
+    return np.array([p["step"] for p in r["curve"]], dtype=float)
+
+
+def _finish(axes: Any, fig: Any, path: Path) -> Path:
+    for a in axes:
+        a.grid(alpha=0.3, which="both")
+        _legend(a)
+    return save_png(fig, path)
+
+
+def _quality_fmem_figure(runs: _Runs, path: Path) -> Path:
+    """Quality (dotted: tau_gen) and f_mem with its bootstrap band (dotted: tau_mem) against the step."""
+    fig, axes = pyplot().subplots(1, 2, figsize=(11, 4))
+    for r, c in runs:
+        s, ls = _steps(r), runs.style(r)
+        axes[0].plot(s, [p["quality"] for p in r["curve"]], ls, marker="o", ms=3, color=c, label=runs.label(r))
         lo = [p["f_mem_ci"][0] for p in r["curve"]]
         hi = [p["f_mem_ci"][1] for p in r["curve"]]
-        axes[1].plot(s, [p["f_mem"] for p in r["curve"]], ls, marker="o", ms=3, color=c, label=label(r))
+        axes[1].plot(s, [p["f_mem"] for p in r["curve"]], ls, marker="o", ms=3, color=c, label=runs.label(r))
         axes[1].fill_between(s, lo, hi, color=c, alpha=0.2, lw=0)
         if r["tau_gen"]:
             axes[0].axvline(r["tau_gen"], color=c, ls=":", lw=1)
@@ -54,8 +84,9 @@ def dynamics_figures(results: dict, folder: str | Path) -> dict[str, Path]:
             axes[1].axvline(r["tau_mem"], color=c, ls=":", lw=1)
         elif len(s):  # the run ended before memorizing: a cross at its last checkpoint
             axes[1].plot(s[-1], r["curve"][-1]["f_mem"], "x", ms=10, mew=2, color=c)
-    positive = all(p["quality"] > 0 for r in runs for p in r["curve"])
-    qname = runs[0]["curve"][0].get("quality_metric", "Fréchet distance") if runs and runs[0]["curve"] else "quality"
+    rs = runs.runs
+    positive = all(p["quality"] > 0 for r in rs for p in r["curve"])
+    qname = rs[0]["curve"][0].get("quality_metric", "Fréchet distance") if rs and rs[0]["curve"] else "quality"
     axes[0].set(
         xscale="log",
         yscale="log" if positive else "symlog",  # KID is unbiased and may be slightly negative
@@ -69,21 +100,19 @@ def dynamics_figures(results: dict, folder: str | Path) -> dict[str, Path]:
         ylabel="f_mem (95% bootstrap band)",
         title="Memorization fraction (dotted: τ_mem; ×: run ended first)",
     )
-    for a in axes:
-        a.grid(alpha=0.3, which="both")
-        _legend(a)
-    out["quality_fmem"] = save_png(fig, folder / "quality_fmem.png")
+    return _finish(axes, fig, path)
 
-    col = results.get("collapse") or {}
+
+def _collapse_figure(runs: _Runs, col: dict, path: Path) -> Path:
+    """f_mem against tau/n, and against tau/n^alpha at the fitted collapse exponent."""
     alpha = col.get("alpha")
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for r, c in zip(runs, cols):
-        s = np.array([p["step"] for p in r["curve"]], dtype=float)
+    fig, axes = pyplot().subplots(1, 2, figsize=(11, 4))
+    for r, c in runs:
+        s, ls = _steps(r), runs.style(r)
         f = np.array([p["f_mem"] for p in r["curve"]], dtype=float)
-        ls = styles[r.get("subset", 0) % len(styles)]
-        axes[0].plot(s / r["n"], f, ls, marker="o", ms=3, color=c, label=label(r))
+        axes[0].plot(s / r["n"], f, ls, marker="o", ms=3, color=c, label=runs.label(r))
         if alpha is not None:
-            axes[1].plot(s / r["n"] ** alpha, f, ls, marker="o", ms=3, color=c, label=label(r))
+            axes[1].plot(s / r["n"] ** alpha, f, ls, marker="o", ms=3, color=c, label=runs.label(r))
     axes[0].set(xscale="log", xlabel="τ / n", ylabel="f_mem", title="f_mem against τ/n (no normalisation)")
     if alpha is not None:
         ci = col.get("alpha_ci") or [None, None]
@@ -98,22 +127,22 @@ def dynamics_figures(results: dict, folder: str | Path) -> dict[str, Path]:
         )
     else:
         axes[1].set_title("no f_mem level reached by every run: no collapse exponent")
-    for a in axes:
-        a.grid(alpha=0.3, which="both")
-        _legend(a)
-    out["collapse"] = save_png(fig, folder / "collapse.png")
+    return _finish(axes, fig, path)
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for r, c in zip(runs, cols):
-        s = np.array([p["step"] for p in r["curve"]], dtype=float)
+
+def _losses_figure(runs: _Runs, path: Path) -> Path:
+    """Training and test loss against the step, and the generalization gap against tau/n."""
+    fig, axes = pyplot().subplots(1, 2, figsize=(11, 4))
+    for r, c in runs:
+        s = _steps(r)
         axes[0].plot(s, [p["loss_train"] for p in r["curve"]], "--", color=c)
-        axes[0].plot(s, [p["loss_test"] for p in r["curve"]], "-", color=c, label=label(r))
+        axes[0].plot(s, [p["loss_test"] for p in r["curve"]], "-", color=c, label=runs.label(r))
         axes[1].plot(
             s / r["n"],
             np.array([p["loss_test"] for p in r["curve"]]) - np.array([p["loss_train"] for p in r["curve"]]),
             "-",
             color=c,
-            label=label(r),
+            label=runs.label(r),
         )
     axes[0].set(
         xscale="log",
@@ -123,13 +152,14 @@ def dynamics_figures(results: dict, folder: str | Path) -> dict[str, Path]:
         title="Train (dashed) and test (solid) loss",
     )
     axes[1].set(xscale="log", xlabel="τ / n", ylabel="L_test − L_train", title="Generalization gap against τ/n")
-    for a in axes:
-        a.grid(alpha=0.3, which="both")
-        _legend(a)
-    out["losses"] = save_png(fig, folder / "losses.png")
+    return _finish(axes, fig, path)
 
-    fig, ax = plt.subplots(figsize=(6, 4.5))
-    ns = np.array([r["n"] for r in runs], dtype=float)
+
+def _timescales_figure(runs: _Runs, results: dict, path: Path) -> Path:
+    """tau_mem, tau_gen, argmin L_test and tau_mem - tau_gen against n, with their power-law fits."""
+    fig, ax = pyplot().subplots(figsize=(6, 4.5))
+    rs = runs.runs
+    ns = np.array([r["n"] for r in rs], dtype=float)
     xx = np.geomspace(ns.min(), ns.max(), 20)
     for key, fit_key, mk, lab in (
         ("tau_mem", "fit", "o", "τ_mem"),
@@ -138,9 +168,9 @@ def dynamics_figures(results: dict, folder: str | Path) -> dict[str, Path]:
         ("excess", "excess_fit", "D", "τ_mem − τ_gen"),
     ):
         if key == "excess":
-            pts = [(r["n"], r["tau_mem"] - r["tau_gen"]) for r in runs if _excess_ok(r)]
+            pts = [(r["n"], r["tau_mem"] - r["tau_gen"]) for r in rs if _excess_ok(r)]
         else:
-            pts = [(r["n"], r[key]) for r in runs if r.get(key)]
+            pts = [(r["n"], r[key]) for r in rs if r.get(key)]
         if not pts:
             continue
         (line,) = ax.plot(*zip(*pts), mk, ms=6, alpha=0.8, label=lab)
@@ -158,40 +188,11 @@ def dynamics_figures(results: dict, folder: str | Path) -> dict[str, Path]:
     ax.set(
         xscale="log", yscale="log", xlabel="training set size n", ylabel="training step", title="Timescales (95% CI)"
     )
-    ax.grid(alpha=0.3, which="both")
-    _legend(ax)
-    out["timescales"] = save_png(fig, folder / "timescales.png")
-    return out
+    return _finish([ax], fig, path)
 
 
 def _excess_ok(run: dict) -> bool:
     return bool(run.get("tau_mem") and run.get("tau_gen") and run["tau_mem"] > run["tau_gen"])
-
-
-def sample_grid(rows: Sequence[tuple[str, np.ndarray, np.ndarray]], path: str | Path, title: str = "") -> Path:
-    """One pair of rows per entry: generated samples (top) above their nearest training images (bottom).
-
-    ``rows``: (label, samples (k, C, H, W) in [0,1], nearest training images (k, C, H, W))."""
-    plt = pyplot()
-    k = max(len(s) for _, s, _ in rows)
-    fig, axes = plt.subplots(2 * len(rows), k, figsize=(k * 0.8, len(rows) * 1.75), squeeze=False)
-    for i, (label, samp, near) in enumerate(rows):
-        for j in range(k):
-            for r, img in ((2 * i, samp), (2 * i + 1, near)):
-                ax = axes[r, j]
-                ax.axis("off")
-                if j < len(img):
-                    im = np.clip(np.asarray(img[j]), 0, 1)
-                    ax.imshow(im[0] if im.shape[0] == 1 else np.moveaxis(im, 0, -1), cmap="gray", vmin=0, vmax=1)
-        axes[2 * i, 0].text(
-            -0.6, 0.5, f"{label}\nsample", transform=axes[2 * i, 0].transAxes, ha="right", va="center", fontsize=7
-        )
-        axes[2 * i + 1, 0].text(
-            -0.6, 0.5, "nearest\ntrain", transform=axes[2 * i + 1, 0].transAxes, ha="right", va="center", fontsize=7
-        )
-    if title:
-        fig.suptitle(title, fontsize=9)
-    return save_png(fig, Path(path))
 
 
 def summary_table(results: dict) -> list[list[str]]:

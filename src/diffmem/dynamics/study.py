@@ -24,6 +24,8 @@ import numpy as np
 
 from .. import io
 from ..config import claim_folder, resolve_device, to_dict
+from ..figures import sample_grid
+from ..validation import Each, Integer, Interval, Optional, check
 from . import report
 from .evaluate import EvalConfig
 from .executor import Job, run_jobs
@@ -83,24 +85,22 @@ class StudyConfig:
     """Besides reaching tau_mem, a run is extended until f_mem at its last checkpoint reaches this level."""
 
     def validate(self) -> None:
-        if len(self.sizes) < 1 or any(int(n) != n or n < 2 for n in self.sizes):
-            raise ValueError(f"sizes must be integers >= 2, got {self.sizes}")
+        """Raise ``ValueError`` on a setting the study cannot use (the training, evaluation and rules included)."""
+        check(
+            self,
+            {
+                "sizes": Each(Integer(min=2), text="be integers >= 2"),
+                "steps_per_n": Interval(0),
+                "min_steps": Integer(min=1),
+                "subsets": Integer(min=1),
+                "ks": Each(Interval(0, 1), each="k"),
+                "collapse_levels": Each(Interval(0, 1), each="collapse level"),
+                "max_steps_per_n": Optional(Interval(0, hint="set it to steps_per_n to never extend")),
+                "until_f_mem": Interval(0, 1, closed="left"),
+            },
+        )
         if len(set(self.sizes)) != len(self.sizes):
             raise ValueError(f"sizes must be distinct, got {self.sizes}")
-        if not self.steps_per_n > 0:
-            raise ValueError(f"steps_per_n must be positive, got {self.steps_per_n}")
-        if int(self.subsets) != self.subsets or self.subsets < 1:
-            raise ValueError(f"subsets must be a positive integer, got {self.subsets}")
-        if not self.ks or any(not 0 < k < 1 for k in self.ks):
-            raise ValueError(f"every k must lie in (0, 1), got {self.ks}")
-        if self.max_steps_per_n is not None and not self.max_steps_per_n > 0:
-            raise ValueError(
-                f"max_steps_per_n must be positive, got {self.max_steps_per_n} (set it to steps_per_n to never extend)"
-            )
-        if not 0 <= self.until_f_mem < 1:
-            raise ValueError(f"until_f_mem must lie in [0, 1), got {self.until_f_mem}")
-        if not self.collapse_levels or any(not 0 < v < 1 for v in self.collapse_levels):
-            raise ValueError(f"every collapse level must lie in (0, 1), got {self.collapse_levels}")
         self.eval.validate()
         self.rules.validate()
 
@@ -389,7 +389,7 @@ def _samples_figure(cfg: StudyConfig, out: Path, results: dict, per_row: int = 1
         pix = sp.to_pixels(torch.from_numpy(x)).numpy()
         nearest = sp.to_pixels(sp.train[torch.from_numpy(near).long()]).numpy()
         rows.append((f"n={r['n']}\nstep {step}", pix, nearest))
-    return report.sample_grid(
+    return sample_grid(
         rows, out / "figures" / "samples.png", "Late samples (top) and their nearest training images (bottom)"
     )
 

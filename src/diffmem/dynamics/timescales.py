@@ -28,6 +28,8 @@ from typing import Any
 
 import numpy as np
 
+from ..validation import Integer, Interval, check
+
 __all__ = [
     "Analysis",
     "Collapse",
@@ -66,12 +68,16 @@ class TimeRules:
     """tau_gen: take the best quality before tau_mem only (memorized samples can lower the distance again later)."""
 
     def validate(self) -> None:
-        if not 0 < self.mem_threshold < 1:
-            raise ValueError(f"mem_threshold must lie in (0, 1), got {self.mem_threshold}")
-        if not 0 < self.gen_fraction < 1:
-            raise ValueError(f"gen_fraction must lie in (0, 1), got {self.gen_fraction}")
-        if int(self.gen_smooth) != self.gen_smooth or self.gen_smooth < 1 or self.gen_smooth % 2 == 0:
-            raise ValueError(f"gen_smooth must be an odd positive integer, got {self.gen_smooth}")
+        """Raise ``ValueError`` on a rule that cannot be applied."""
+        check(
+            self,
+            {
+                "mem_threshold": Interval(0, 1),
+                "gen_fraction": Interval(0, 1),
+                "persist": Integer(min=0),
+                "gen_smooth": Integer(min=1, odd=True),
+            },
+        )
 
 
 def _log_crossing(s0: float, s1: float, v0: float, v1: float, target: float) -> float:

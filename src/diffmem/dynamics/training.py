@@ -28,6 +28,7 @@ from ..config import claim_folder, resolve_device
 from ..metrics.losses import eps_loss
 from ..schedule import Schedule, linear
 from ..state import restore_training_state, training_state
+from ..validation import Integer, Interval, OneOf, Optional, check
 
 __all__ = [
     "TrainConfig",
@@ -117,13 +118,22 @@ class TrainConfig:
         return cfg
 
     def validate(self) -> None:
-        if self.optimizer not in ("adam", "sgd"):
-            raise ValueError(f"optimizer must be 'adam' or 'sgd', got {self.optimizer!r}")
-        if self.model not in models.MODELS:
-            raise ValueError(f"model must be one of {models.MODELS}, got {self.model!r}")
-        for name in ("n", "steps", "width", "checkpoints", "first_checkpoint", "resume_every", "log_every", "draws"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
+        """Raise ``ValueError`` on a setting the training loop cannot use."""
+        positive = Integer(min=1)
+        check(
+            self,
+            {
+                "optimizer": OneOf("adam", "sgd"),
+                "model": OneOf(*models.MODELS),
+                "skip": OneOf(*models.SKIPS),
+                **dict.fromkeys(
+                    ("n", "steps", "width", "checkpoints", "first_checkpoint", "resume_every", "log_every", "draws"),
+                    positive,
+                ),
+                "ema": Interval(0, 1, closed="left", what="a decay", hint="0 turns it off; 0.999 is common"),
+                "lr": Optional(Interval(0)),
+            },
+        )
         if self.batch_size is not None and not 1 <= self.batch_size <= (
             self.n if not self.batch_replacement else 10**7
         ):
@@ -131,14 +141,8 @@ class TrainConfig:
                 f"batch_size must be in [1, n={self.n}] (or any positive size with --batch-replacement), "
                 f"got {self.batch_size}"
             )
-        if self.skip not in models.SKIPS:
-            raise ValueError(f"skip must be one of {models.SKIPS}, got {self.skip!r}")
         if self.budget_base is not None and not 1 <= self.budget_base <= self.steps:
             raise ValueError(f"budget_base must lie in [1, steps={self.steps}], got {self.budget_base}")
-        if not 0.0 <= self.ema < 1.0:
-            raise ValueError(f"ema must be a decay in [0, 1) (0 turns it off; 0.999 is common), got {self.ema}")
-        if self.lr is not None and not self.lr > 0:
-            raise ValueError(f"lr must be positive, got {self.lr}")
 
     def schedule(self) -> Schedule:
         return linear(self.T, self.beta_start, self.beta_end)

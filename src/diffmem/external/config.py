@@ -9,6 +9,8 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
+from ..validation import Integer, Interval, OneOf, Optional, Satisfies, check
+
 __all__ = ["MAX_SAMPLES", "MeasureConfig", "parse_pixel_range"]
 
 #: the largest sample budget ``measure_model`` accepts (samples are kept in memory, then compared with
@@ -94,40 +96,33 @@ class MeasureConfig:
 
     def validate(self) -> None:
         """Refuse settings that cannot be measured, with what to change."""
-        if int(self.samples) != self.samples or self.samples < 2:
-            raise ValueError(f"samples must be an integer >= 2, got {self.samples}")
-        if self.samples > MAX_SAMPLES:
-            raise ValueError(
-                f"--samples {self.samples} is more than the maximum of {MAX_SAMPLES} (every sample is kept in "
-                "memory and compared with every training image); measure in several runs with different --seed"
-            )
-        if int(self.sampling_steps) != self.sampling_steps or self.sampling_steps < 1:
-            raise ValueError(f"sampling_steps must be a positive integer, got {self.sampling_steps}")
-        if int(self.batch) != self.batch or self.batch < 1:
-            raise ValueError(f"batch must be a positive integer, got {self.batch}")
-        if int(self.seed) != self.seed or self.seed < 0:
-            raise ValueError(f"seed must be an integer >= 0, got {self.seed}")
-        if not 0 < self.k < 1:
-            raise ValueError(f"k must lie in (0, 1) (the paper uses 1/3), got {self.k}")
-        if int(self.n_boot) != self.n_boot or self.n_boot < 1:
-            raise ValueError(f"n_boot must be a positive integer, got {self.n_boot}")
+        too_many = (
+            f"--samples {{value}} is more than the maximum of {MAX_SAMPLES} (every sample is kept in memory and "
+            "compared with every training image); measure in several runs with different --seed"
+        )
+        check(
+            self,
+            {
+                "samples": (Integer(min=2), Integer(max=MAX_SAMPLES, message=too_many)),
+                "sampling_steps": Integer(min=1),
+                "batch": Integer(min=1),
+                "seed": Integer(min=0),
+                "k": Interval(0, 1, hint="the paper uses 1/3"),
+                "n_boot": Integer(min=1),
+                "clip_sample": OneOf("auto", "on", "off"),
+                "schedule": Optional(OneOf(*SCHEDULE_DEFAULTS)),
+                "T": Optional(Integer(min=2)),
+                "image_size": Optional(Integer(min=2)),
+                "loss_t": Interval(0),
+                "loss_examples": Integer(min=1),
+                "grid": Integer(min=1),
+                "space": Satisfies(
+                    lambda s: isinstance(s, str) and bool(s),
+                    text="be 'pixels', the path of a TorchScript embedding network or 'sscd:PATH'",
+                ),
+            },
+        )
         parse_pixel_range(self.pixel_range)
-        if self.clip_sample not in ("auto", "on", "off"):
-            raise ValueError(f"clip_sample must be 'auto', 'on' or 'off', got {self.clip_sample!r}")
-        if self.schedule is not None and self.schedule not in SCHEDULE_DEFAULTS:
-            raise ValueError(f"schedule must be 'linear' or 'scaled_linear', got {self.schedule!r}")
-        if self.T is not None and (int(self.T) != self.T or self.T < 2):
-            raise ValueError(f"T must be an integer >= 2, got {self.T}")
-        if self.image_size is not None and (int(self.image_size) != self.image_size or self.image_size < 2):
-            raise ValueError(f"image_size must be an integer >= 2, got {self.image_size}")
-        if not self.loss_t > 0:
-            raise ValueError(f"loss_t must be positive, got {self.loss_t}")
-        if int(self.loss_examples) != self.loss_examples or self.loss_examples < 1:
-            raise ValueError(f"loss_examples must be a positive integer, got {self.loss_examples}")
-        if int(self.grid) != self.grid or self.grid < 1:
-            raise ValueError(f"grid must be a positive integer, got {self.grid}")
-        if not self.space:
-            raise ValueError("space must be 'pixels', the path of a TorchScript embedding network or 'sscd:PATH'")
 
     def schedule_flags_given(self) -> bool:
         """Whether any of ``schedule``, ``T``, ``beta_start``, ``beta_end`` was set."""

@@ -5,7 +5,7 @@ maps them to pixels in [0, 1] (clamped, as a diffusers pipeline outputs them) an
 nearest / second-nearest ratio test against the training images: in pixel space with Euclidean
 distances (:func:`diffmem.metrics.memorization_fraction`), or on the outputs of an embedding network
 with cosine distances ``1 - cos`` (:func:`cosine_ratio_test`). With held-out images it also reports
-the Fréchet distance (and KID, where :mod:`diffmem.metrics.kid` is installed) in a stated feature space.
+the Fréchet distance and KID in a stated feature space.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import torch
 
 from .. import io, sampling
 from ..data import Images, load
-from ..metrics import bootstrap_mean_ci, memorization_fraction
+from ..metrics import Measurement, distance_ratios, fraction_from_ratios, memorization_fraction, nearest_two
 from ..metrics.frechet import TorchScriptFeatures, feature_space, frechet_distance, gaussian_stats
 from .config import MeasureConfig
 from .models import ExternalModel, load_model, sample
@@ -52,7 +52,7 @@ class MeasureResult:
     quality: dict | None
     """``{"metric": "frechet[...]", "value", "heldout"}``, or None without held-out images."""
     kid: dict | None
-    """``{"metric": "kid[...]", "value"}`` where diffmem.metrics.kid exists and held-out images were given."""
+    """``{"metric": "kid[...]", "value"}`` with held-out images, else None."""
     loss_gap: dict | None
     """eps-loss at OU time t on training and held-out images (``--loss-gap``), or None."""
     model: dict
@@ -76,24 +76,35 @@ class MeasureResult:
     files: dict
     """Files written (names relative to the output folder); empty without an output folder."""
 
+    def measurement(self) -> Measurement:
+        """The measurement record of this result, as a diffmem run writes one per checkpoint.
+
+        f_mem, its interval and the quality as :class:`~diffmem.metrics.Measurement` (the losses are
+        those of ``--loss-gap``; ``step`` and ``median_ratio`` are None), e.g. to set a model measured
+        here beside the checkpoints of a run: ``res.measurement().to_dict()`` has the keys of a line of
+        ``metrics.jsonl``.
+        """
+        q, g = self.quality or {}, self.loss_gap or {}
+        return Measurement(
+            f_mem=self.f_mem,
+            f_mem_ci=self.f_mem_ci,
+            k=self.k,
+            samples=self.samples,
+            memorized=int(self.ratios["memorized"]),
+            n_boot=int(self.config["n_boot"]),
+            quality=q.get("value"),
+            quality_metric=q.get("metric"),
+            loss_train=g.get("train"),
+            loss_test=g.get("heldout"),
+        )
+
     def to_dict(self) -> dict:
-        """The JSON of ``measure.json`` (f_mem nested as ``{"value", "ci", "level", ...}``)."""
+        """The JSON of ``measure.json`` (f_mem nested as ``{"value", "ci", "level", ...}``,
+        :meth:`Measurement.f_mem_dict <diffmem.metrics.Measurement.f_mem_dict>`)."""
         d = asdict(self)
-        d["f_mem"] = {
-            "value": self.f_mem,
-            "ci": list(self.f_mem_ci),
-            "level": 0.95,
-            "n_boot": self.config.get("n_boot"),
-            "memorized": self.ratios.get("memorized"),
-        }
+        d["f_mem"] = self.measurement().f_mem_dict()
         del d["f_mem_ci"]
         return io.jsonable(d)
-
-
-def _ratio(d1: np.ndarray, d2: np.ndarray) -> np.ndarray:
-    # the convention of diffmem.metrics.memorization: 0/0 = 0 (two identical training images), x/0 = inf
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(d2 > 0, d1 / d2, np.where(d1 > 0, np.inf, 0.0))
 
 
 def cosine_ratio_test(
@@ -108,19 +119,21 @@ def cosine_ratio_test(
     emb_train : numpy.ndarray, shape (M, D)
         Embeddings of the training images, M >= 2.
     chunk : int
-        Samples per block of the distance matrix.
+        Samples per block of the distance matrix (passed to :func:`diffmem.metrics.nearest_two`).
 
     Returns
     -------
     ratios, nearest, d1, d2 : numpy.ndarray
         Per sample: ``d1 / d2`` (0/0 = 0), the index of the nearest training image, and the cosine
-        distances (clipped at 0 against round-off) to the nearest and second-nearest.
+        distances (never below 0) to the nearest and second-nearest.
 
     Notes
     -----
-    On unit vectors the Euclidean distance is ``sqrt(2 (1 - cos))``, so this ratio is the square of the
-    Euclidean ratio of the normalised embeddings: the test ``ratio < k`` equals a Euclidean test at
-    ``sqrt(k)``.
+    On unit vectors the Euclidean distance is ``sqrt(2 (1 - cos))``, so the two nearest training
+    embeddings are found by :func:`diffmem.metrics.nearest_two` on the normalised embeddings (the one
+    nearest-neighbour search of diffmem), their cosine distances are half the squared Euclidean ones,
+    and this ratio is the square of the Euclidean ratio: the test ``ratio < k`` equals a Euclidean test
+    at ``sqrt(k)``.
 
     Examples
     --------
@@ -140,18 +153,9 @@ def cosine_ratio_test(
         raise ValueError("the embedding network returned NaN or inf values")
     a = a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
     b = b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-12)
-    d1s, d2s, idx = [], [], []
-    for i in range(0, a.shape[0], chunk):
-        d = np.clip(1.0 - a[i : i + chunk] @ b.T, 0.0, None)
-        two = np.argpartition(d, 1, axis=1)[:, :2]
-        v = np.take_along_axis(d, two, axis=1)
-        order = np.argsort(v, axis=1, kind="stable")
-        two, v = np.take_along_axis(two, order, axis=1), np.take_along_axis(v, order, axis=1)
-        d1s.append(v[:, 0])
-        d2s.append(v[:, 1])
-        idx.append(two[:, 0])
-    d1, d2 = np.concatenate(d1s), np.concatenate(d2s)
-    return _ratio(d1, d2), np.concatenate(idx).astype(np.int64), d1, d2
+    e1, e2, idx = nearest_two(a, b, chunk=chunk)  # Euclidean distances of the unit vectors
+    d1, d2 = e1**2 / 2, e2**2 / 2  # |a - b|^2 = 2 (1 - cos) on the unit sphere
+    return distance_ratios(d1, d2), np.asarray(idx).astype(np.int64), d1, d2
 
 
 class _Embedder:
@@ -282,6 +286,66 @@ def measure_model(
     t0 = time.perf_counter()
     cfg = config or MeasureConfig()
     cfg.validate()
+    _check_request(cfg, heldout, out)
+    dev = resolve_device(device)
+    model = load_model(model_path, cfg, dev)
+    if cfg.sampling_steps > model.schedule.T:
+        raise ValueError(f"--sampling-steps {cfg.sampling_steps} exceeds the model's T = {model.schedule.T}")
+    train, held = _load_images(data, heldout, cfg, model)
+    # everything that can fail on the data fails before the sampling: the embedding and feature networks
+    space = None if cfg.space == "pixels" else _Embedder(cfg.space, dev)
+    emb_train = space(train.pixels) if space is not None else np.zeros((0, 0))
+    fs = feature_space(cfg.features or "auto", train.shape) if held is not None else None
+    f_real = fs(held.pixels) if fs is not None and held is not None else None
+
+    seeds = [cfg.seed * 1_000_003 + i for i in range(cfg.samples)]
+    ks = model.timesteps(cfg.sampling_steps)
+    raw = _draw(model, seeds, ks, train.shape, cfg, dev, progress)
+    pixels = model.to_pixels(raw).clamp(0, 1)
+
+    if space is None:
+        mem = memorization_fraction(pixels, train.pixels, cfg.k, n_boot=cfg.n_boot, seed=cfg.seed)
+        space_name, distance = "pixels", "euclidean"
+    else:
+        r, idx, _, _ = cosine_ratio_test(space(pixels), emb_train)
+        mem = fraction_from_ratios(r, idx, cfg.k, n_boot=cfg.n_boot, seed=cfg.seed)
+        space_name, distance = space.name, "cosine"
+
+    quality = kid_rec = loss_rec = None
+    if held is not None and fs is not None and f_real is not None:
+        quality, kid_rec = _quality(fs, fs(pixels), f_real, len(held))
+        if cfg.loss_gap:
+            loss_rec = _loss_gap(model, train, held, cfg, dev)
+    m = Measurement.of(mem, n_boot=cfg.n_boot)
+    res = MeasureResult(
+        f_mem=m.f_mem,
+        f_mem_ci=m.f_mem_ci,
+        k=m.k,
+        samples=m.samples,
+        ratios=_ratio_summary(mem.ratios, cfg.k),
+        space=space_name,
+        distance=distance,
+        quality=quality,
+        kid=kid_rec,
+        loss_gap=loss_rec,
+        model=model.to_dict(),
+        schedule=model.schedule_info,
+        sampler=_sampler_info(model, ks, cfg),
+        pixel_range=model.pixel_range,
+        data={"source": _source(data), "n": len(train), "shape": list(train.shape)},
+        heldout=None if held is None else {"source": _source(heldout), "n": len(held), "shape": list(held.shape)},
+        config=asdict(cfg),
+        device=str(dev),
+        elapsed_seconds=0.0,
+        files={},
+    )
+    if out is not None:
+        return _write(Path(out), res, raw, pixels, mem.ratios, mem.nearest, train, seeds, cfg, t0)
+    return _replace(res, elapsed_seconds=time.perf_counter() - t0)
+
+
+def _check_request(cfg: MeasureConfig, heldout: Any, out: str | Path | None) -> None:
+    """Refuse flags that need held-out images without them, and an output folder that holds a diffmem run."""
     if heldout is None:
         if cfg.features is not None:
             raise ValueError(
@@ -297,10 +361,10 @@ def measure_model(
         raise ValueError(
             f"{out} holds a diffmem run (config.json); write the measurement of an external model to another --out"
         )
-    dev = resolve_device(device)
-    model = load_model(model_path, cfg, dev)
-    if cfg.sampling_steps > model.schedule.T:
-        raise ValueError(f"--sampling-steps {cfg.sampling_steps} exceeds the model's T = {model.schedule.T}")
+
+
+def _load_images(data: Any, heldout: Any, cfg: MeasureConfig, model: ExternalModel) -> tuple[Images, Images | None]:
+    """The training and held-out images as pixels in [0, 1], checked against the model and the memory limit."""
     train = _as_images(data, cfg, model, "training data")
     _check_pixels01(train, "training data")
     model.check_input(model.to_model(train.pixels[:1]), "the training data")
@@ -320,15 +384,19 @@ def measure_model(
             f"{MAX_SAMPLE_BYTES / 2**30:.0f} GiB); ask for fewer --samples and measure in several runs "
             "with other --seed"
         )
-    # everything that can fail on the data fails before the sampling: the embedding and feature networks
-    space = None if cfg.space == "pixels" else _Embedder(cfg.space, dev)
-    emb_train = space(train.pixels) if space is not None else np.zeros((0, 0))
-    fs = feature_space(cfg.features or "auto", shape) if held is not None else None
-    f_real = fs(held.pixels) if fs is not None and held is not None else None
+    return train, held
 
-    # ------------------------------------------------------------------------------ sampling
-    seeds = [cfg.seed * 1_000_003 + i for i in range(cfg.samples)]
-    ks = model.timesteps(cfg.sampling_steps)
+
+def _draw(
+    model: ExternalModel,
+    seeds: list[int],
+    ks: list[int],
+    shape: tuple[int, ...],
+    cfg: MeasureConfig,
+    dev: torch.device,
+    progress: bool,
+) -> torch.Tensor:
+    """The DDIM samples (model range, CPU) from the per-sample seeds, in batches, with a progress bar."""
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -358,70 +426,29 @@ def measure_model(
             f"{bad} of {cfg.samples} samples contain NaN or inf; check the schedule (--schedule, --T, --beta-*), "
             "--pixel-range and that the model predicts noise"
         )
-    pixels = model.to_pixels(raw).clamp(0, 1)
+    return raw
 
-    # ------------------------------------------------------------------------- memorization
-    if space is None:
-        mem = memorization_fraction(pixels, train.pixels, cfg.k, n_boot=cfg.n_boot, seed=cfg.seed)
-        ratios, nearest, f_mem, ci = mem.ratios, mem.nearest, mem.value, mem.ci
-        space_name, distance = "pixels", "euclidean"
-    else:
-        ratios, nearest, _, _ = cosine_ratio_test(space(pixels), emb_train)
-        hit = (ratios < cfg.k).astype(np.float64)
-        f_mem, ci = float(hit.mean()), bootstrap_mean_ci(hit, cfg.n_boot, 0.95, cfg.seed)
-        space_name, distance = space.name, "cosine"
 
-    # ------------------------------------------------------------------------------ quality
-    quality = kid_rec = loss_rec = None
-    if held is not None and fs is not None and f_real is not None:
-        f_fake = fs(pixels)
-        fd = frechet_distance(*gaussian_stats(f_fake), *gaussian_stats(f_real))
-        quality = {"metric": f"frechet[{fs.name}]", "value": fd, "heldout": len(held)}
-        try:
-            from ..metrics.kid import kid_from_features
-        except ImportError:
-            kid_from_features = None  # type: ignore[assignment]
-        if kid_from_features is not None:
-            kid_rec = {"metric": f"kid[{fs.name}]", "value": float(kid_from_features(f_fake, f_real))}
-        if cfg.loss_gap:
-            loss_rec = _loss_gap(model, train, held, cfg, dev)
+def _quality(fs: Any, f_fake: np.ndarray, f_real: np.ndarray, heldout: int) -> tuple[dict, dict]:
+    """The Fréchet distance and KID of the samples' features against the held-out ones (feature space ``fs``)."""
+    from ..metrics.kid import kid_from_features
 
-    res = MeasureResult(
-        f_mem=float(f_mem),
-        f_mem_ci=(float(ci[0]), float(ci[1])),
-        k=float(cfg.k),
-        samples=cfg.samples,
-        ratios=_ratio_summary(ratios, cfg.k),
-        space=space_name,
-        distance=distance,
-        quality=quality,
-        kid=kid_rec,
-        loss_gap=loss_rec,
-        model=model.to_dict(),
-        schedule=model.schedule_info,
-        sampler={
-            "name": "ddim",
-            "eta": 0.0,
-            "steps": cfg.sampling_steps,
-            "timesteps": ks,
-            "clip_x0": list(model.clip) if model.clip else None,
-            "final_alpha_bar": model.final_alpha_bar,
-            "seed": cfg.seed,
-            "noise": "sample i starts from N(0, I) drawn with seed * 1000003 + i",
-        },
-        pixel_range=model.pixel_range,
-        data={"source": _source(data), "n": len(train), "shape": list(shape)},
-        heldout=None if held is None else {"source": _source(heldout), "n": len(held), "shape": list(held.shape)},
-        config=asdict(cfg),
-        device=str(dev),
-        elapsed_seconds=0.0,
-        files={},
-    )
-    if out is not None:
-        res = _write(Path(out), res, raw, pixels, ratios, nearest, train, seeds, cfg, t0)
-    else:
-        res = _replace(res, elapsed_seconds=time.perf_counter() - t0)
-    return res
+    fd = frechet_distance(*gaussian_stats(f_fake), *gaussian_stats(f_real))
+    quality = {"metric": f"frechet[{fs.name}]", "value": fd, "heldout": heldout}
+    return quality, {"metric": f"kid[{fs.name}]", "value": float(kid_from_features(f_fake, f_real))}
+
+
+def _sampler_info(model: ExternalModel, ks: list[int], cfg: MeasureConfig) -> dict:
+    return {
+        "name": "ddim",
+        "eta": 0.0,
+        "steps": cfg.sampling_steps,
+        "timesteps": ks,
+        "clip_x0": list(model.clip) if model.clip else None,
+        "final_alpha_bar": model.final_alpha_bar,
+        "seed": cfg.seed,
+        "noise": "sample i starts from N(0, I) drawn with seed * 1000003 + i",
+    }
 
 
 def _replace(res: MeasureResult, **kw: Any) -> MeasureResult:
@@ -474,7 +501,7 @@ def _write(
     cfg: MeasureConfig,
     t0: float,
 ) -> MeasureResult:
-    from ..dynamics.report import sample_grid
+    from ..figures import sample_grid
 
     out.mkdir(parents=True, exist_ok=True)
     io.save_npz(

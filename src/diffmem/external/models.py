@@ -20,17 +20,24 @@ by the one whose plain DDIM update lands exactly where diffusers' step does (:cl
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
 from .. import sampling
+from ..models.diffusers import (
+    NO_PICKLE,
+    PREDICTION_TYPES,
+    eps_from_prediction,
+    import_diffusers,
+    quiet_libraries,
+    schedule_from_scheduler,
+    weights_variant,
+)
 from ..schedule import Schedule, linear, scaled_linear
 from .config import MeasureConfig, parse_pixel_range
 
@@ -40,11 +47,6 @@ _LAYOUT = (
     "give a diffusers folder (a pipeline saved with DDPMPipeline/DDIMPipeline.save_pretrained: model_index.json, "
     "unet/ and scheduler/; or a UNet2DModel folder: config.json and diffusion_pytorch_model.safetensors) or a "
     "TorchScript file (torch.jit.save) whose forward(x, t) returns the predicted noise"
-)
-_NO_PICKLE = (
-    "diffmem never unpickles weights: convert them once to safetensors, in an environment you trust, e.g. "
-    "`UNet2DModel.from_pretrained(folder).save_pretrained(folder, safe_serialization=True)` (or "
-    "`pipeline.save_pretrained(folder, safe_serialization=True)` for a pipeline)"
 )
 
 
@@ -89,7 +91,7 @@ class ExternalModel:
         info: dict | None = None,
         device: torch.device | None = None,
     ):
-        if prediction_type not in ("epsilon", "v_prediction", "sample"):
+        if prediction_type not in PREDICTION_TYPES:
             raise ValueError(
                 f"unsupported prediction_type {prediction_type!r}; expected 'epsilon', 'v_prediction' or 'sample'"
             )
@@ -138,9 +140,7 @@ class ExternalModel:
         if self.prediction_type == "epsilon":
             return out
         ab = self._ab.to(out.device)[k].to(out.dtype).reshape(-1, *([1] * (out.ndim - 1)))
-        if self.prediction_type == "v_prediction":  # v = sqrt(ab) eps - sqrt(1 - ab) x0
-            return ab.sqrt() * out + (1 - ab).sqrt() * x
-        return (x - ab.sqrt() * out) / (1 - ab).sqrt()  # "sample": the network predicts x0
+        return eps_from_prediction(out, x, ab, self.prediction_type)
 
     @torch.no_grad()
     def eps(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -295,34 +295,6 @@ def sample(
 
 
 # ------------------------------------------------------------------------------------------ loading
-@contextlib.contextmanager
-def _diffusers_quiet() -> Iterator[None]:
-    from diffusers.utils import logging as dlog
-
-    level, bar = dlog.get_verbosity(), dlog.is_progress_bar_enabled()
-    dlog.set_verbosity_error()
-    dlog.disable_progress_bar()
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)
-            yield
-    finally:
-        dlog.set_verbosity(level)
-        if bar:
-            dlog.enable_progress_bar()
-
-
-def _import_diffusers() -> Any:
-    try:
-        import diffusers
-    except ImportError as e:
-        raise ValueError(
-            f"measuring a diffusers folder needs the diffusers package ({e}); install it with "
-            '`pip install "diffmem[sd]"`, or export the model to TorchScript'
-        ) from None
-    return diffusers
-
-
 def _read_json(path: Path) -> dict:
     try:
         obj = json.loads(path.read_text())
@@ -331,21 +303,6 @@ def _read_json(path: Path) -> dict:
     if not isinstance(obj, dict):
         raise ValueError(f"{path} must hold a JSON object; {_LAYOUT}")
     return obj
-
-
-def _weights_variant(unet_dir: Path) -> str | None:
-    """Check the U-Net's weight files: safetensors only (``None``, or ``"fp16"`` when only that variant exists)."""
-    files = [p.name for p in unet_dir.iterdir() if p.is_file()]
-    safe = [n for n in files if n.endswith(".safetensors") or n.endswith(".safetensors.index.json")]
-    pickled = [n for n in files if n.endswith((".bin", ".bin.index.json", ".ckpt", ".pt", ".pth"))]
-    if not safe:
-        if pickled:
-            raise ValueError(
-                f"{unet_dir} holds only pickled PyTorch weights ({', '.join(sorted(pickled))}); {_NO_PICKLE}"
-            )
-        raise ValueError(f"{unet_dir} holds no weights (diffusion_pytorch_model.safetensors); {_LAYOUT}")
-    plain = [n for n in safe if ".fp16." not in n]
-    return None if plain else "fp16"
 
 
 def _check_unet_config(ucfg: dict, where: Path) -> None:
@@ -365,9 +322,44 @@ def _check_unet_config(ucfg: dict, where: Path) -> None:
 
 
 def _load_diffusers(folder: Path, cfg: MeasureConfig, pixel_range: tuple[float, float], device: torch.device):
-    diffusers = _import_diffusers()
+    diffusers = import_diffusers("measuring a diffusers folder", alternative=", or export the model to TorchScript")
+    ucfg, sch_cfg, unet_dir, kind, sub = _read_folder(folder)
+    _check_unet_config(ucfg, unet_dir)
+    unet = _load_unet(diffusers, folder, unet_dir, sub, device)
+    size = unet.config.sample_size
+    h, w = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+    C = int(unet.config.in_channels)
+    out_c = int(unet.config.out_channels)
+    info: dict[str, Any] = {"class": "UNet2DModel", "parameters": sum(p.numel() for p in unet.parameters())}
+    if sch_cfg is not None:
+        st = _scheduler_settings(diffusers, folder, sch_cfg, cfg)
+    else:
+        sched, schedule_info = _schedule_from_flags(cfg)
+        st = _Sampling(sched, schedule_info, "epsilon", pixel_range if cfg.clip_sample == "on" else None, None, "")
+    if out_c != C and not (out_c == 2 * C and "learned" in st.variance):
+        raise ValueError(
+            f"{unet_dir}: the U-Net maps {C} channels to {out_c}; measure needs a noise prediction of the input's "
+            "shape (or twice its channels with variance_type learned/learned_range in the scheduler config)"
+        )
+    return ExternalModel(
+        unet,
+        kind=kind,
+        path=str(folder),
+        schedule=st.schedule,
+        schedule_info=st.schedule_info,
+        pixel_range=pixel_range,
+        shape=(C, h, w),
+        prediction_type=st.prediction,
+        clip=st.clip,
+        scheduler=st.ddim,
+        info=info,
+        device=device,
+    )
+
+
+def _read_folder(folder: Path) -> tuple[dict, dict | None, Path, str, str | None]:
+    """``(unet config, scheduler config or None, unet folder, kind, subfolder)`` of a pipeline or U-Net folder."""
     index_path, config_path = folder / "model_index.json", folder / "config.json"
-    sch_cfg: dict | None = None
     if index_path.is_file():
         index = _read_json(index_path)
         latent = [c for c in ("vqvae", "vae") if index.get(c) not in (None, [None, None])]
@@ -381,15 +373,15 @@ def _load_diffusers(folder: Path, cfg: MeasureConfig, pixel_range: tuple[float, 
             if not (d / marker).is_file():
                 raise ValueError(f"{folder} is not a complete diffusers pipeline folder: no {name}/{marker}; {_LAYOUT}")
         ucfg = _read_json(unet_dir / "config.json")
-        sch_cfg = _read_json(sch_dir / "scheduler_config.json")
-        kind, sub = "diffusers-pipeline", "unet"
-    elif config_path.is_file():
-        ucfg = _read_json(config_path)
-        unet_dir, kind, sub = folder, "diffusers-unet", None
-    else:
-        raise ValueError(f"{folder} is not a diffusers model folder (no model_index.json or config.json); {_LAYOUT}")
-    _check_unet_config(ucfg, unet_dir)
-    variant = _weights_variant(unet_dir)
+        return ucfg, _read_json(sch_dir / "scheduler_config.json"), unet_dir, "diffusers-pipeline", "unet"
+    if config_path.is_file():
+        return _read_json(config_path), None, folder, "diffusers-unet", None
+    raise ValueError(f"{folder} is not a diffusers model folder (no model_index.json or config.json); {_LAYOUT}")
+
+
+def _load_unet(diffusers: Any, folder: Path, unet_dir: Path, sub: str | None, device: torch.device) -> Any:
+    """The UNet2DModel of the folder: local files, safetensors weights only, quietly; in eval mode on ``device``."""
+    variant = weights_variant(unet_dir, layout=_LAYOUT)
     kw: dict[str, Any] = {
         "local_files_only": True,
         "use_safetensors": True,
@@ -401,83 +393,64 @@ def _load_diffusers(folder: Path, cfg: MeasureConfig, pixel_range: tuple[float, 
     if variant:
         kw["variant"] = variant
     try:
-        with _diffusers_quiet():
+        with quiet_libraries():
             unet = diffusers.UNet2DModel.from_pretrained(str(folder), **kw)
     except (OSError, ValueError, KeyError, TypeError, AttributeError, RuntimeError) as e:
         raise ValueError(f"could not load the UNet2DModel in {unet_dir} ({type(e).__name__}: {e}); {_LAYOUT}") from None
-    unet = unet.to(device).eval().requires_grad_(False)
-    size = unet.config.sample_size
-    h, w = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
-    C = int(unet.config.in_channels)
-    out_c = int(unet.config.out_channels)
-    info: dict[str, Any] = {"class": "UNet2DModel", "parameters": sum(p.numel() for p in unet.parameters())}
-    prediction, clip, ddim_sch = "epsilon", None, None
-    if sch_cfg is not None:
-        from ..audit.diffusers_adapter import schedule_from_scheduler
+    return unet.to(device).eval().requires_grad_(False)
 
-        sch_cls = str(sch_cfg.get("_class_name", "DDPMScheduler"))
-        klass: Any = getattr(diffusers, sch_cls, None)
-        if not (isinstance(klass, type) and issubclass(klass, diffusers.SchedulerMixin)):
-            klass = diffusers.DDPMScheduler
-        with _diffusers_quiet():
-            scheduler = klass.from_config(sch_cfg)
-            ddim_sch = diffusers.DDIMScheduler.from_config(sch_cfg)
-        sched = schedule_from_scheduler(scheduler)
-        sc = scheduler.config
-        schedule_info = {
-            "source": "scheduler/scheduler_config.json",
-            "scheduler": sch_cls,
-            "kind": sc.get("beta_schedule", "linear") if sc.get("trained_betas") is None else "trained_betas",
-            "T": sched.T,
-            "beta_start": sc.get("beta_start"),
-            "beta_end": sc.get("beta_end"),
-            "timestep_spacing": ddim_sch.config.timestep_spacing,
-            "steps_offset": int(ddim_sch.config.steps_offset),
-            "set_alpha_to_one": bool(ddim_sch.config.set_alpha_to_one),
-        }
-        if cfg.schedule_flags_given():
-            flagged, _ = _schedule_from_flags(cfg)
-            if flagged.T != sched.T or not torch.allclose(flagged.alphas_cumprod, sched.alphas_cumprod, rtol=1e-5):
-                raise ValueError(
-                    f"--schedule/--T/--beta-start/--beta-end disagree with {folder}/scheduler/scheduler_config.json "
-                    f"({schedule_info['kind']}, T = {sched.T}); the folder's scheduler defines the schedule: "
-                    "drop the flags"
-                )
-        prediction = str(sc.get("prediction_type", "epsilon"))
-        use_clip = bool(sc.get("clip_sample", False)) if cfg.clip_sample == "auto" else cfg.clip_sample == "on"
-        if use_clip and sc.get("thresholding", False):
+
+class _Sampling(NamedTuple):
+    schedule: Schedule
+    schedule_info: dict
+    prediction: str
+    clip: tuple[float, float] | None
+    ddim: Any  # a diffusers DDIMScheduler, or None
+    variance: str
+
+
+def _scheduler_settings(diffusers: Any, folder: Path, sch_cfg: dict, cfg: MeasureConfig) -> _Sampling:
+    """The schedule, prediction type, clipping and DDIM step semantics a pipeline's scheduler config defines."""
+    sch_cls = str(sch_cfg.get("_class_name", "DDPMScheduler"))
+    klass: Any = getattr(diffusers, sch_cls, None)
+    if not (isinstance(klass, type) and issubclass(klass, diffusers.SchedulerMixin)):
+        klass = diffusers.DDPMScheduler
+    with quiet_libraries():
+        scheduler = klass.from_config(sch_cfg)
+        ddim_sch = diffusers.DDIMScheduler.from_config(sch_cfg)
+    sched = schedule_from_scheduler(scheduler)
+    sc = scheduler.config
+    schedule_info = {
+        "source": "scheduler/scheduler_config.json",
+        "scheduler": sch_cls,
+        "kind": sc.get("beta_schedule", "linear") if sc.get("trained_betas") is None else "trained_betas",
+        "T": sched.T,
+        "beta_start": sc.get("beta_start"),
+        "beta_end": sc.get("beta_end"),
+        "timestep_spacing": ddim_sch.config.timestep_spacing,
+        "steps_offset": int(ddim_sch.config.steps_offset),
+        "set_alpha_to_one": bool(ddim_sch.config.set_alpha_to_one),
+    }
+    if cfg.schedule_flags_given():
+        flagged, _ = _schedule_from_flags(cfg)
+        if flagged.T != sched.T or not torch.allclose(flagged.alphas_cumprod, sched.alphas_cumprod, rtol=1e-5):
             raise ValueError(
-                f"{folder}/scheduler/scheduler_config.json asks for dynamic thresholding, which measure does not "
-                "implement; pass --clip-sample off to sample without it (or on to clip x0 instead)"
+                f"--schedule/--T/--beta-start/--beta-end disagree with {folder}/scheduler/scheduler_config.json "
+                f"({schedule_info['kind']}, T = {sched.T}); the folder's scheduler defines the schedule: "
+                "drop the flags"
             )
-        if use_clip:
-            r = float(sc.get("clip_sample_range", 1.0))
-            clip = (-r, r)
-        variance = str(sc.get("variance_type", ""))
-    else:
-        sched, schedule_info = _schedule_from_flags(cfg)
-        if cfg.clip_sample == "on":
-            clip = pixel_range
-        variance = ""
-    if out_c != C and not (out_c == 2 * C and "learned" in variance):
+    use_clip = bool(sc.get("clip_sample", False)) if cfg.clip_sample == "auto" else cfg.clip_sample == "on"
+    if use_clip and sc.get("thresholding", False):
         raise ValueError(
-            f"{unet_dir}: the U-Net maps {C} channels to {out_c}; measure needs a noise prediction of the input's "
-            "shape (or twice its channels with variance_type learned/learned_range in the scheduler config)"
+            f"{folder}/scheduler/scheduler_config.json asks for dynamic thresholding, which measure does not "
+            "implement; pass --clip-sample off to sample without it (or on to clip x0 instead)"
         )
-    return ExternalModel(
-        unet,
-        kind=kind,
-        path=str(folder),
-        schedule=sched,
-        schedule_info=schedule_info,
-        pixel_range=pixel_range,
-        shape=(C, h, w),
-        prediction_type=prediction,
-        clip=clip,
-        scheduler=ddim_sch,
-        info=info,
-        device=device,
-    )
+    clip = None
+    if use_clip:
+        r = float(sc.get("clip_sample_range", 1.0))
+        clip = (-r, r)
+    prediction = str(sc.get("prediction_type", "epsilon"))
+    return _Sampling(sched, schedule_info, prediction, clip, ddim_sch, str(sc.get("variance_type", "")))
 
 
 def _load_torchscript(path: Path, cfg: MeasureConfig, pixel_range: tuple[float, float], device: torch.device):
@@ -550,7 +523,7 @@ def load_model(
     if p.is_dir():
         return _load_diffusers(p, cfg, pixel_range, dev)
     if p.suffix in (".bin", ".ckpt", ".pkl", ".pickle"):
-        raise ValueError(f"{p} is a pickled checkpoint; {_NO_PICKLE}, and pass its diffusers folder")
+        raise ValueError(f"{p} is a pickled checkpoint; {NO_PICKLE}, and pass its diffusers folder")
     if p.suffix == ".safetensors":
         raise ValueError(
             f"{p} holds weights without an architecture; pass the diffusers folder it belongs to (with its "

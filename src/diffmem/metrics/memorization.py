@@ -12,7 +12,15 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-__all__ = ["MemorizationFraction", "MemorizationResult", "bootstrap_mean_ci", "memorization_fraction", "nearest_two"]
+__all__ = [
+    "MemorizationFraction",
+    "MemorizationResult",
+    "bootstrap_mean_ci",
+    "distance_ratios",
+    "fraction_from_ratios",
+    "memorization_fraction",
+    "nearest_two",
+]
 
 
 @dataclass(frozen=True)
@@ -111,16 +119,28 @@ def memorization_fraction(
     if not 0 < k < 1:
         raise ValueError(f"k must lie in (0, 1) (the paper uses 1/3), got {k}")
     d1, d2, idx = nearest_two(samples, train)
-    return _result(_ratios(d1, d2), idx, k, n_boot, level, seed)
+    return fraction_from_ratios(distance_ratios(d1, d2), idx, k, n_boot=n_boot, level=level, seed=seed)
 
 
-def _ratios(d1: np.ndarray, d2: np.ndarray) -> np.ndarray:
-    """d1 / d2, with 0/0 = 0 (a sample on two identical training points) and x/0 = inf."""
+def distance_ratios(d1, d2) -> np.ndarray:
+    """The ratio test's ``d1 / d2`` per sample, with 0/0 = 0 (a sample on two identical training points) and
+    x/0 = inf: the one ratio every memorization test in diffmem uses (any distance, e.g. cosine).
+
+    >>> distance_ratios(np.array([1.0, 0.0, 2.0]), np.array([4.0, 0.0, 0.0])).tolist()
+    [0.25, 0.0, inf]
+    """
+    d1, d2 = np.asarray(d1, dtype=np.float64), np.asarray(d2, dtype=np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.where(d2 > 0, d1 / d2, np.where(d1 > 0, np.inf, 0.0))
 
 
-def _result(ratios: np.ndarray, idx: np.ndarray, k: float, n_boot: int, level: float, seed: int) -> MemorizationResult:
+def fraction_from_ratios(
+    ratios, nearest, k: float = 1 / 3, *, n_boot: int = 1000, level: float = 0.95, seed: int = 0
+) -> MemorizationResult:
+    """The :class:`MemorizationResult` of per-sample distance ratios (from :func:`distance_ratios`) and the
+    indices of the nearest training examples: f_mem is the fraction of ratios below ``k``, with its
+    percentile bootstrap interval over samples."""
+    ratios, idx = np.asarray(ratios, dtype=np.float64), np.asarray(nearest)
     mem = (ratios < k).astype(np.float64)
     return MemorizationResult(float(mem.mean()), bootstrap_mean_ci(mem, n_boot, level, seed), ratios, idx, float(k))
 
@@ -144,13 +164,13 @@ class MemorizationFraction:
     def update(self, samples) -> None:
         """Add a batch of samples (shape ``(B, ...)``, the training data's space)."""
         d1, d2, idx = nearest_two(samples, self.train)
-        self._ratios.append(_ratios(d1, d2))
+        self._ratios.append(distance_ratios(d1, d2))
         self._nearest.append(idx)
 
     def compute(self) -> MemorizationResult:
         """f_mem, its bootstrap interval, and every sample's ratio and nearest training index."""
         if not self._ratios:
             raise ValueError("no samples: call update() first")
-        return _result(
-            np.concatenate(self._ratios), np.concatenate(self._nearest), self.k, self.n_boot, 0.95, self.seed
+        return fraction_from_ratios(
+            np.concatenate(self._ratios), np.concatenate(self._nearest), self.k, n_boot=self.n_boot, seed=self.seed
         )

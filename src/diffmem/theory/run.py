@@ -15,6 +15,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from ..validation import Constraint, Each, Integer, Interval, OneOf, check
+
 if TYPE_CHECKING:
     import numpy as np
 
@@ -32,9 +34,8 @@ ActivationName = Literal["tanh", "relu", "linear"]
 MatrixKind = Literal["gaussian_equivalent", "exact"]
 
 
-def _positive(name: str, v: Any) -> None:
-    if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
-        raise ValueError(f"--{name.replace('_', '-')} must be a finite number > 0 (got {v!r})")
+_FLAG = {"label": "--{flag}", "got": " (got {value})"}  # the messages name the command-line flags
+_POSITIVE = Interval(0, finite=True)
 
 
 @dataclass(frozen=True)
@@ -70,14 +71,12 @@ class SpectrumConfig:
     """Random seed for the simulated matrices."""
 
     def validate(self) -> None:
-        for k in ("psi_p", "psi_n", "t", "sigma_x"):
-            _positive(k, getattr(self, k))
-        if self.n_points < 10:
-            raise ValueError(f"--n-points must be >= 10 (got {self.n_points})")
-        if self.matrix not in ("gaussian_equivalent", "exact"):
-            raise ValueError(f"--matrix must be 'gaussian_equivalent' or 'exact' (got {self.matrix!r})")
-        if self.simulate and self.d < 2:
-            raise ValueError(f"--d must be >= 2 (got {self.d})")
+        """Raise ``ValueError`` (naming the flag) on a setting the solver cannot use."""
+        fields: dict[str, Constraint] = dict.fromkeys(("psi_p", "psi_n", "t", "sigma_x"), _POSITIVE)
+        fields.update(n_points=Integer(min=10), matrix=OneOf("gaussian_equivalent", "exact"), bins=Integer(min=1))
+        if self.simulate:
+            fields["d"] = Integer(min=2)
+        check(self, fields, **_FLAG)
 
 
 @dataclass(frozen=True)
@@ -115,14 +114,17 @@ class DynamicsConfig:
     """Random seed for the simulated matrices."""
 
     def validate(self) -> None:
-        for k in ("psi_p", "t", "sigma_x", "tau_min_ratio", "tau_max_ratio", "gd_dtau_frac"):
-            _positive(k, getattr(self, k))
-        if not self.psi_n or any(not (math.isfinite(x) and x > 0) for x in self.psi_n):
-            raise ValueError("--psi-n must be one or more numbers > 0")
-        if self.method not in ("gaussian_equivalent", "exact"):
-            raise ValueError(f"--method must be 'gaussian_equivalent' or 'exact' (got {self.method!r})")
-        if self.d < 2 or self.n_taus < 2 or self.gd_max_steps < 1:
-            raise ValueError("--d and --n-taus must be >= 2, --gd-max-steps >= 1")
+        """Raise ``ValueError`` (naming the flag) on a setting the closed form cannot use."""
+        positive = ("psi_p", "t", "sigma_x", "tau_min_ratio", "tau_max_ratio", "gd_dtau_frac")
+        fields: dict[str, Constraint] = dict.fromkeys(positive, _POSITIVE)
+        fields.update(
+            psi_n=Each(_POSITIVE, text="be one or more numbers > 0"),
+            method=OneOf("gaussian_equivalent", "exact"),
+            d=Integer(min=2),
+            n_taus=Integer(min=2),
+            gd_max_steps=Integer(min=1),
+        )
+        check(self, fields, **_FLAG)
         if self.tau_min_ratio >= self.tau_max_ratio:
             raise ValueError("--tau-min-ratio must be smaller than --tau-max-ratio")
 
@@ -163,16 +165,15 @@ class PhaseConfig:
     """Random seed for the simulated matrices."""
 
     def validate(self) -> None:
-        for k in ("t", "sigma_x", "threshold"):
-            _positive(k, getattr(self, k))
-        if len(self.psi_n) < 2 or any(x <= 0 for x in self.psi_n) or list(self.psi_n) != sorted(set(self.psi_n)):
-            raise ValueError("--psi-n must be at least two increasing numbers > 0")
-        if not self.psi_p or any(x <= 0 for x in self.psi_p):
-            raise ValueError("--psi-p must be numbers > 0")
-        if not self.taus or any(not (x >= 0) for x in self.taus):
-            raise ValueError("--taus must be numbers >= 0 (inf for the end of training)")
-        if self.d < 2:
-            raise ValueError(f"--d must be >= 2 (got {self.d})")
+        """Raise ``ValueError`` (naming the flag) on a grid the phase diagram cannot use."""
+        fields: dict[str, Constraint] = dict.fromkeys(("t", "sigma_x", "threshold"), _POSITIVE)
+        fields.update(
+            psi_n=Each(Interval(0), min_len=2, increasing=True, text="be at least two increasing numbers > 0"),
+            psi_p=Each(Interval(0), text="be numbers > 0"),
+            taus=Each(Interval(0, closed="left"), text="be numbers >= 0", hint="inf for the end of training"),
+            d=Integer(min=2),
+        )
+        check(self, fields, **_FLAG)
 
 
 def config_dict(cfg: SpectrumConfig | DynamicsConfig | PhaseConfig) -> dict:
