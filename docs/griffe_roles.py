@@ -4,7 +4,8 @@ diffmem's docstrings name other objects with reStructuredText roles (``:func:`dd
 ``:class:`~diffmem.dynamics.study.StudyConfig```). Markdown has no such roles, so mkdocstrings would
 print them literally. This extension rewrites each role to a code span before the docstring is
 parsed: ``:func:`ddim``` becomes ```ddim```, and a leading ``~`` keeps only the last component
-(``:class:`~diffmem.dynamics.study.StudyConfig``` becomes ```StudyConfig```), as Sphinx shows it.
+(``:class:`~diffmem.dynamics.study.StudyConfig``` becomes ```StudyConfig```), as Sphinx shows it. A
+line ending in reST's ``::`` (the indented block after it is code either way) ends in one colon.
 Loaded by ``mkdocs.yml`` (``plugins → mkdocstrings → handlers → python → options → extensions``).
 """
 
@@ -16,6 +17,7 @@ from typing import Any
 import griffe
 
 ROLE = re.compile(r":(?:py:)?(?:func|class|mod|meth|attr|data|obj|exc|const|ref):`(~?)([^`]+)`")
+LITERAL = re.compile(r"(?<=\S)::$", re.MULTILINE)  # reST "text::" before a literal block
 
 
 def _span(match: re.Match[str]) -> str:
@@ -26,8 +28,9 @@ def _span(match: re.Match[str]) -> str:
 
 
 def replace_roles(text: str) -> str:
-    """``text`` with every Sphinx role written as a Markdown code span."""
-    return ROLE.sub(_span, text)
+    """``text`` with every Sphinx role written as a Markdown code span, and reST's ``text::`` (which
+    introduces a literal block) written as ``text:``."""
+    return LITERAL.sub(":", ROLE.sub(_span, text))
 
 
 class SphinxRoles(griffe.Extension):
