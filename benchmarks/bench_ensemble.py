@@ -9,7 +9,7 @@ a single checkpoint at the end.
     python benchmarks/bench_ensemble.py --n 16 --k 2 4 8
 
 The defaults are the quick study's smallest size and training (n = 16, every example drawn 16 times
-per step); ``--draws 1`` gives the one-draw training of earlier versions.
+per step); ``--draws 1`` gives the one-draw training of ``diffmem train`` (full batches of n rows).
 """
 
 from __future__ import annotations

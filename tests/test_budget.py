@@ -1,5 +1,5 @@
-"""Issue 11: a model that fits wide data, a default scale from the data, budgets that follow the run,
-and a study that says what happened per size."""
+"""Training on data of any width and scale: the input-to-output skip for wide data, the model-space
+scale from the data, budgets that follow the run, and a study that says what happened per size."""
 
 import json
 

@@ -1,5 +1,5 @@
 """diffmem.monitor: the onset extrapolation, the alarm and its actions, the log, bad input, the
-Lightning callback, and the issue's done criterion on a real digits run."""
+Lightning callback, and the stop-in-time criterion on a real digits run."""
 
 import dataclasses
 import json
@@ -291,7 +291,7 @@ def test_lightning_callback_stops_the_trainer(tmp_path):
         MemorizationCallback(object())  # type: ignore[arg-type]
 
 
-# -- the issue's done criterion on a real digits run -------------------------------------------------
+# -- the stop-in-time criterion on a real digits run ------------------------------------------------
 
 
 def test_the_monitor_leaves_the_training_randomness_alone():
@@ -311,7 +311,7 @@ def test_the_monitor_leaves_the_training_randomness_alone():
 
 
 def test_stops_a_digits_run_before_memorization_while_quality_is_near_its_best(tmp_path):
-    """The issue's done criterion: with a small budget (200 samples of 25 DDIM steps per check), the
+    """Stop in time: with a small budget (200 samples of 25 DDIM steps per check), the
     monitor stops a digits run (n = 32, the default MLP, Adam 1e-3, full batch) before the lower
     bootstrap bound of f_mem reaches 0.01 (by an independent measurement: 1000 other samples of 50
     steps), while the quality is within 20% of its best value so far; trained on, the same run
