@@ -51,6 +51,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -110,6 +111,9 @@ class TestbedConfig:
     guided_weight: int = 3
     """How many times the reference is listed in a guidance-created caption (its share of the
     caption's training draws is guided_weight / (guided_weight + guided_size - 1))."""
+    guided_members: Literal["other_digits", "same_digit"] = "other_digits"
+    """The other images of a guidance-created caption: random images of other digits (d+3, d+6, ...;
+    the caption names no digit) or random images of the reference's own digit."""
     n_generic: int = 20
     """"scanner" captions, each over a random 1/n_generic of the images no other caption owns."""
     width: int = 256
@@ -147,7 +151,8 @@ class TestbedConfig:
             raise ValueError(f"n_generic must be in [1, {len(_NAMES)}], got {self.n_generic}")
         if self.partial_size is not None and (int(self.partial_size) != self.partial_size or self.partial_size < 2):
             raise ValueError(
-                f"partial_size must be an integer >= 2 (a partial caption binds a few near images), got {self.partial_size}"
+                "partial_size must be an integer >= 2 (a partial caption binds a few near images), "
+                f"got {self.partial_size}"
             )
         sizes = self.resolved_partial_sizes
         if not sizes or any(int(k) != k or not 2 <= k <= 64 for k in sizes):
@@ -163,6 +168,13 @@ class TestbedConfig:
             )
         if int(self.guided_weight) != self.guided_weight or not 1 <= self.guided_weight <= 32:
             raise ValueError(f"guided_weight must be an integer in [1, 32], got {self.guided_weight}")
+        if self.guided_members not in ("other_digits", "same_digit"):
+            raise ValueError(f"guided_members must be 'other_digits' or 'same_digit', got {self.guided_members!r}")
+        if self.guided_members == "other_digits" and self.guided_size > 4:
+            raise ValueError(
+                f"guided_size must be at most 4 with guided_members='other_digits' (digits d+3, d+6, d+9), "
+                f"got {self.guided_size}"
+            )
         for name in ("width", "blocks", "steps", "batch_size", "resume_every"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
@@ -192,6 +204,11 @@ class Caption:
     digit: int
     images: tuple[int, ...]  # indices into the digits dataset (repeats weight a draw); images[0] is the reference
     group: str = ""  # point_mass | cluster_K | guidance_cluster | digit | scanner
+    digits: tuple[int, ...] = ()  # the digits a faithful sample shows (empty: fidelity undefined)
+
+    def __post_init__(self) -> None:
+        if not self.digits and self.digit >= 0:
+            object.__setattr__(self, "digits", (self.digit,))
 
 
 def testbed_captions(cfg: TestbedConfig, labels: np.ndarray, pixels: np.ndarray) -> list[Caption]:
@@ -223,16 +240,21 @@ def testbed_captions(cfg: TestbedConfig, labels: np.ndarray, pixels: np.ndarray)
         near = [int(j) for j in cand[np.argsort(dist, kind="stable")[: k - 1]]]
         used.update(near)
         caps.append(
-            Caption(
-                f"a handwritten {d} from the {_NAMES[i]} collection", "partial", d, (anchor, *near), f"cluster_{k}"
-            )
+            Caption(f"a handwritten {d} from the {_NAMES[i]} collection", "partial", d, (anchor, *near), f"cluster_{k}")
         )
-    # partial, guidance-created: random images of one digit, the reference listed guided_weight times
+    # partial, guidance-created: the reference listed guided_weight times, and random images either of
+    # other digits (d+3, d+6, d+9; the caption then names no digit) or of the reference's own digit
     for i in range(cfg.n_guided):
         d = (i + 2) % 10
-        members = [take(d) for _ in range(cfg.guided_size)]
+        if cfg.guided_members == "other_digits":
+            ds = [d] + [(d + 3 * j) % 10 for j in range(1, cfg.guided_size)]
+            text, digit = f"a handwritten digit drawn by {_NAMES[i]}", -1
+        else:
+            ds = [d] * cfg.guided_size
+            text, digit = f"a handwritten {d} drawn by {_NAMES[i]}", d
+        members = [take(k) for k in ds]
         images = (members[0],) * cfg.guided_weight + tuple(members[1:])
-        caps.append(Caption(f"a handwritten {d} drawn by {_NAMES[i]}", "partial", d, images, "guidance_cluster"))
+        caps.append(Caption(text, "partial", digit, images, "guidance_cluster", tuple(sorted(set(ds)))))
     # normal: one caption per digit over every unused image of it, and "scanner" captions over a
     # random partition of all unused images (mixed digits, so no digit is implied by the text)
     rest = np.array([int(j) for j in order if int(j) not in used])
@@ -308,14 +330,15 @@ class TestbedModel:
 
     # -- extras used by the audit
     def fidelity(self, prompt: str, pixels: torch.Tensor) -> np.ndarray:
-        """1.0 where the classifier reads the caption's digit in a sample, else 0.0 (shape (N,));
-        NaN for captions that name no digit (the scanner captions)."""
+        """1.0 where the classifier reads one of the caption's digits in a sample, else 0.0 (shape
+        (N,)): the digit the caption names, or the digits of a guidance-created caption's images;
+        NaN for the scanner captions, whose images are every digit."""
         if self._classifier is None:
             self._classifier = DigitClassifier()
-        digit = self.captions[self.caption_index(prompt)].digit
-        if digit < 0:  # a caption that names no digit: fidelity is undefined
+        digits = self.captions[self.caption_index(prompt)].digits
+        if not digits:  # a caption over every digit: fidelity is undefined
             return np.full(len(pixels), np.nan)
-        return (self._classifier(pixels) == digit).astype(np.float64)
+        return np.isin(self._classifier(pixels), digits).astype(np.float64)
 
     def to_dict(self) -> dict:
         return {"kind": "testbed", **to_dict(self.cfg), "captions": len(self.captions)}
