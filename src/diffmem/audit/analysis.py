@@ -177,7 +177,7 @@ def pairwise_cosine(xs) -> float:
     return float(_cos(X[iu[0]], X[iu[1]]).mean())
 
 
-def _lstsq2(Y: np.ndarray, A: np.ndarray, B: np.ndarray, degenerate: str) -> tuple[np.ndarray, ...]:
+def _lstsq2(Y: np.ndarray, A: np.ndarray, B: np.ndarray, degenerate: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per row, least squares ``Y ~ c1 A + c2 B`` (last axis = coordinates; A, B broadcast to Y).
 
     Returns c1, c2 and the residual RMSE, each of Y's shape without its last axis. Rows whose two

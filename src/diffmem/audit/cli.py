@@ -54,7 +54,7 @@ def audit_config(args: argparse.Namespace) -> AuditConfig:
     """The :class:`~diffmem.audit.run.AuditConfig` of the parsed flags (validated)."""
     from .run import AuditConfig
 
-    fixed = {}
+    fixed: dict[str, Any] = {}
     if getattr(args, "seeds", None) is None and getattr(args, "model", "testbed") != "testbed":
         fixed["seeds"] = PAPER_SEEDS  # the paper's seed count for a Stable Diffusion audit
     cfg: AuditConfig = config_from_flags(AuditConfig, args, **fixed)

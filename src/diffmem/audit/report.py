@@ -188,9 +188,9 @@ def eps_decomposition_figure(res: Mapping[str, Any], path: Path) -> Path:
             y, t = _arr(c, key), _arr(c, key + "_theory")
             if y is not None and t is not None:
                 ax.plot(i, y / t, color=_COLORS.get(lab), label=lab)
-    for ax, t in zip(axes, ("w0 / (-sqrt(ᾱ)/sqrt(1-ᾱ))", "wt / (1/sqrt(1-ᾱ))")):
+    for ax, what in zip(axes, ("w0 / (-sqrt(ᾱ)/sqrt(1-ᾱ))", "wt / (1/sqrt(1-ᾱ))")):
         ax.axhline(1.0, color="k", ls=":", lw=1)
-        ax.set(xlabel="sampling step", ylabel="fitted / theory", title=f"Guided eps ≈ w0 r + wt x_k: {t}")
+        ax.set(xlabel="sampling step", ylabel="fitted / theory", title=f"Guided eps ≈ w0 r + wt x_k: {what}")
     _finish(axes)
     return save_png(fig, path)
 
