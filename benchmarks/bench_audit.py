@@ -40,18 +40,19 @@ _DETECTORS = (
 _CORRELATED = ("D1", "D1_early", "D1_final", "D1_final_early", "overestimation_a", "q", "wen_first")
 
 
-def member_selection(run_dir: Path, seeds: int = 8) -> dict[str, dict[str, float]]:
+def member_selection(run_dir: Path, guided_members: str, seeds: int = 8) -> dict[str, dict[str, float]]:
     """Per schedule, over the guidance-created captions: the mean severity against the reference and
     the fraction of samples whose most similar caption image (pixel cosine) is the reference."""
     from diffmem.audit.mitigation import SCHEDULES, guidance_schedule, transition_steps
     from diffmem.audit.recorder import model_timesteps, prompt_seeds, sample_final
     from diffmem.audit.run import AuditConfig
     from diffmem.audit.severity import PixelCosine
-    from diffmem.audit.testbed import build_testbed
+    from diffmem.audit.testbed import TestbedConfig, build_testbed
     from diffmem.data import digits
 
     cfg = AuditConfig()
-    model, _ = build_testbed(run_dir / "testbed", progress=False)
+    tb = TestbedConfig(guided_members=guided_members)  # type: ignore[arg-type]
+    model, _ = build_testbed(run_dir / "testbed", progress=False, config=tb)
     imgs = digits().pixels
     ks = model_timesteps(model, cfg.steps)
     tr = transition_steps(cfg.steps, cfg.mitigation_transition)
@@ -81,6 +82,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="runs/bench_audit")
     ap.add_argument("--keep", action="store_true", help="reuse an existing run folder (times only what is left to do)")
+    ap.add_argument(
+        "--guided-members",
+        default="other_digits",
+        choices=("other_digits", "same_digit"),
+        help="the testbed's design of the guidance-created captions (default: other_digits)",
+    )
     args = ap.parse_args()
     out = Path(args.out)
     run_dir = out / "cli"
@@ -90,7 +97,10 @@ def main() -> None:
     from diffmem.cli import main as cli
 
     t = time.perf_counter()
-    rc = cli(["audit", "--model", "testbed", "--out", str(run_dir), "--quiet"])
+    argv = ["audit", "--model", "testbed", "--out", str(run_dir), "--quiet"]
+    if args.guided_members != "other_digits":
+        argv += ["--testbed-guided-members", args.guided_members]
+    rc = cli(argv)
     wall = time.perf_counter() - t
     if rc != 0:
         raise SystemExit(f"diffmem audit failed with exit code {rc}")
@@ -141,7 +151,8 @@ def main() -> None:
         "under_5_min": wall <= 300,
     }
     t = time.perf_counter()
-    rec["member_selection"] = member_selection(run_dir)
+    rec["guided_members"] = args.guided_members
+    rec["member_selection"] = member_selection(run_dir, args.guided_members)
     rec["member_selection_seconds"] = time.perf_counter() - t
     (out / "bench_audit.json").write_text(json.dumps(rec, indent=2) + "\n")
     print(f"\nbenchmark: wall {wall:.1f} s (testbed training {train_s:.1f} s, audit {rec['audit_seconds']:.1f} s)")
