@@ -41,8 +41,9 @@ _CORRELATED = ("D1", "D1_early", "D1_final", "D1_final_early", "overestimation_a
 
 
 def member_selection(run_dir: Path, guided_members: str, seeds: int = 8) -> dict[str, dict[str, float]]:
-    """Per schedule, over the guidance-created captions: the mean severity against the reference and
-    the fraction of samples whose most similar caption image (pixel cosine) is the reference."""
+    """Per schedule, over the guidance-created captions: the mean severity against the reference, the
+    fraction of samples whose most similar caption image (pixel cosine) is the reference, and the mean
+    similarity of each sample to its most similar caption image (how close a copy of any member it is)."""
     from diffmem.audit.mitigation import SCHEDULES, guidance_schedule, transition_steps
     from diffmem.audit.recorder import model_timesteps, prompt_seeds, sample_final
     from diffmem.audit.run import AuditConfig
@@ -67,14 +68,19 @@ def member_selection(run_dir: Path, guided_members: str, seeds: int = 8) -> dict
     out = {}
     for sched in SCHEDULES:
         scales = guidance_schedule(sched, cfg.guidance, cfg.steps, tr, early[sched])
-        nearest, to_ref = [], []
+        nearest, to_ref, best = [], [], []
         for c in caps:
             px = model.decode(sample_final(model, c.text, prompt_seeds(cfg.seed, seeds), ks, scales).float())
             members = list(dict.fromkeys(c.images))
             sims = np.stack([sev(px, imgs[m]) for m in members], 1)
             nearest.append(float((sims.argmax(1) == 0).mean()))
             to_ref.append(float(sims[:, 0].mean()))
-        out[sched] = {"severity": float(np.mean(to_ref)), "nearest_is_reference": float(np.mean(nearest))}
+            best.append(float(sims.max(1).mean()))
+        out[sched] = {
+            "severity": float(np.mean(to_ref)),
+            "nearest_is_reference": float(np.mean(nearest)),
+            "best_member_similarity": float(np.mean(best)),
+        }
     return out
 
 
