@@ -253,7 +253,7 @@ def mitigation_figure(res: Mapping[str, Any], path: Path) -> Path | None:
         ax.set_xticks(np.arange(len(names)) + w * (len(mit) - 1) / 2, names, rotation=20)
         ax.set(ylabel=yl)
         ax.grid(alpha=0.3, axis="y")
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=len(mit))
     axes[0].set_title("Severity by guidance schedule")
     axes[1].set_title("Prompt fidelity by guidance schedule")
     return save_png(fig, path)
