@@ -446,8 +446,8 @@ def test_manifest_errors(tmp_path, images):
         read_manifest(write("m.json", []))
     with pytest.raises(ValueError, match="lists no prompts"):
         read_manifest(write("m.csv", "prompt,image,label\n"))
-    with pytest.raises(ValueError, match="has no image"):
-        read_manifest(write("m.json", [{"prompt": "a"}]))
+    with pytest.raises(ValueError, match="has no image while the manifest gives images"):
+        read_manifest(write("m.json", [{"prompt": "a", "image": "img/a.png"}, {"prompt": "b"}]))
     with pytest.raises(ValueError, match=r"m\.csv line 2 \(prompt 'a'\): the prompt has no image"):
         read_manifest(write("m.csv", "prompt,image\na,\n"))
     with pytest.raises(ValueError, match="no prompt text"):
@@ -651,3 +651,104 @@ def test_audit_cli_on_tiny_pipeline(pipe_dir, tmp_path, offline, toy_sscd, capsy
     )
     err = capsys.readouterr().err
     assert rc == 2 and "notpipe is not a diffusers pipeline folder: it has no model_index.json" in err
+
+
+# ------------------------------------------------------------------------------------- public prompt lists
+def test_manifest_reads_the_public_prompt_list_formats(tmp_path, images):
+    a, _ = images
+    # JSON lines with caption, index and url (images by index in a local folder; the url is never fetched)
+    lines = [
+        {"caption": "a cat", "index": 17, "url": "https://example.invalid/17.jpg"},
+        {"caption": "the dog", "index": "42", "url": "https://example.invalid/42.jpg"},
+    ]
+    (tmp_path / "m.jsonl").write_text("\n".join(json.dumps(e) for e in lines) + "\n")
+    folder = tmp_path / "by_index"
+    folder.mkdir()
+    shutil.copy(tmp_path / "img" / "a.png", folder / "17.png")
+    shutil.copy(tmp_path / "img" / "b.png", folder / "42.png")
+    specs = read_manifest(tmp_path / "m.jsonl", images=folder)
+    assert [s.prompt for s in specs] == ["a cat", "the dog"] and [s.key for s in specs] == ["17", "42"]
+    np.testing.assert_array_equal(specs[0].image.numpy(), a.transpose(2, 0, 1).astype(np.float32) / 255)
+    # without the folder: the same prompts, audited without their training images
+    blind = read_manifest(tmp_path / "m.jsonl")
+    assert [s.image for s in blind] == [None, None] and [s.label for s in blind] == [None, None]
+    # a CSV with a prompt and a label column, no images; the public lists' codes are read as labels
+    (tmp_path / "l.csv").write_text("prompt,label\na cat,MV\nthe dog,N\na bird,TV\na fish,RV\na tree,\n")
+    specs = read_manifest(tmp_path / "l.csv")
+    assert [s.label for s in specs] == ["memorized", "normal", "partial", "memorized", None]
+    assert all(s.image is None for s in specs)
+    (tmp_path / "o.csv").write_text("prompt,overfit_type,group\na cat,TV,templates\nthe dog,n,\n")
+    specs = read_manifest(tmp_path / "o.csv")
+    assert [s.label for s in specs] == ["partial", "normal"] and [s.group for s in specs] == ["templates", None]
+    (tmp_path / "b.csv").write_text("caption,memorized\na cat,true\nthe dog,False\n")
+    assert [s.label for s in read_manifest(tmp_path / "b.csv")] == ["memorized", "normal"]
+
+
+def test_manifest_refuses_unknown_columns_missing_images_and_duplicate_keys(tmp_path, images):
+    def write(name, text):
+        (tmp_path / name).write_text(text)
+        return tmp_path / name
+
+    with pytest.raises(ValueError, match=r"unknown field\(s\) \['caption_text'\]"):
+        read_manifest(write("m.csv", "prompt,caption_text\na,b\n"))
+    with pytest.raises(ValueError, match=r"unknown field\(s\) \['img'\]"):
+        read_manifest(write("m.jsonl", '{"prompt": "a", "img": "img/a.png"}\n'))
+    folder = tmp_path / "by_index"
+    folder.mkdir()
+    shutil.copy(tmp_path / "img" / "a.png", folder / "1.png")
+    with pytest.raises(FileNotFoundError, match=r"no image for index '2' in .*by_index"):
+        read_manifest(write("m.jsonl", '{"caption": "a", "index": 1}\n{"caption": "b", "index": 2}\n'), images=folder)
+    with pytest.raises(ValueError, match="has no image while the manifest gives images"):
+        read_manifest(write("m.jsonl", '{"caption": "a", "index": 1}\n{"caption": "b"}\n'), images=folder)
+    with pytest.raises(FileNotFoundError, match="no such image folder"):
+        read_manifest(write("m.jsonl", '{"caption": "a", "index": 1}\n'), images=tmp_path / "nowhere")
+    with pytest.raises(ValueError, match="key '7' is already used"):
+        read_manifest(write("m.jsonl", '{"caption": "a", "index": 7}\n{"caption": "b", "index": 7}\n'))
+    with pytest.raises(ValueError, match="key 'k' is already used"):
+        read_manifest(write("m.csv", "prompt,key\na,k\nb,k\n"))
+    with pytest.raises(ValueError, match="the label columns disagree"):
+        read_manifest(write("m.csv", "prompt,label,overfit_type\na,memorized,N\n"))
+    with pytest.raises(ValueError, match="memorized must be true or false"):
+        read_manifest(write("m.csv", "prompt,memorized\na,maybe\n"))
+    with pytest.raises(ValueError, match="prompt and caption differ"):
+        read_manifest(write("m.jsonl", '{"prompt": "a", "caption": "b"}\n'))
+
+
+def test_sscd_defaults_follow_the_audit_protocol(toy_sscd):
+    from diffmem.audit.sscd import PAPER_SIZE, PAPER_THRESHOLD
+
+    _, path = toy_sscd
+    sev = SSCDSeverity(path)
+    assert (sev.size, sev.threshold, PAPER_SIZE, PAPER_THRESHOLD) == (288, 0.75, 288, 0.75)
+    wide = torch.rand(2, 3, 64, 96, generator=torch.Generator().manual_seed(12))
+    x = sev.preprocess(wide)
+    assert x.shape == (2, 3, 288, 288)  # square resize, no crop: the whole image is kept
+    want = torch.nn.functional.interpolate(wide, size=(288, 288), mode="bilinear", align_corners=False)
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    torch.testing.assert_close(x, (want - mean) / std)
+
+
+def test_sd_timesteps_give_the_0_076_gap_between_the_reference_curves(pipe_dir):
+    from diffmem.audit import analysis
+
+    m = load_pipeline_model(pipe_dir)
+    ks = m.timesteps(50)  # diffusers' DDIMScheduler with SD's steps_offset 1
+    ab = m.schedule.alphas_cumprod[ks].numpy()
+    s0, _ = analysis.reference_curves(ab, "sqrt_ab")
+    e0, _ = analysis.reference_curves(ab, "ddim_exact")
+    assert ks[0] == 981 and np.abs(s0 - e0).max() == pytest.approx(0.0760, abs=5e-4)
+
+
+def test_run_audit_on_tiny_pipeline_without_training_images(pipe_dir, tmp_path, offline):
+    run = pytest.importorskip("diffmem.audit.run")
+    m = load_pipeline_model(pipe_dir)
+    (tmp_path / "blind.csv").write_text("prompt,label\nthe cat,memorized\na dog and a tree,normal\n")
+    specs = read_manifest(tmp_path / "blind.csv")
+    res = run.run_audit(m, specs, run.AuditConfig(steps=3, seeds=2, n_boot=20), tmp_path / "out", progress=False)
+    assert res.decomposition["prompts_by_reference"] == {"training": 0, "final": 2}
+    for p in res.prompts:
+        assert p["severity"] is None and p["D1_final"] is not None and p["D1"] == p["D1_final"]
+    # without a training image there is no severity to lower: nothing in the mitigation tables
+    assert res.mitigation == {} and res.mitigation_outcome == {}
+    assert all(set(p["mitigation"]) == {"constant"} for p in res.prompts)

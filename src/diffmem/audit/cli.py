@@ -7,11 +7,18 @@ Stable-Diffusion-style diffusers folder on the prompts of ``--manifest FILE``.
 The audit's flags are the fields of the audit configuration (``diffmem.audit.AuditConfig``; the
 mitigation fields keep their short names --transition, --early-scale, --negative-scale), the
 testbed's the fields of ``diffmem.audit.TestbedConfig`` prefixed --testbed-.
+
+For a pipeline the defaults follow the paper's protocol: 20 seeds per prompt (unless --seeds is
+given), DDIM 50 steps, g = 7.5, and with --sscd the SSCD cosine (288 x 288 input, ImageNet
+normalisation, copy at >= 0.75). A manifest may leave out the training images (or name them by
+``index`` in an --images folder); prompts without one are decomposed against their own final
+samples and get no severity.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,14 +39,25 @@ _RENAME = {
     "mitigation_negative_scale": "negative_scale",
     "save_trajectories": "trajectories",
 }
-_MITIGATION = ("mitigation", "mitigation_transition", "mitigation_early_scale", "mitigation_negative_scale")
+_MITIGATION = (
+    "mitigation",
+    "mitigation_transition",
+    "mitigation_early_scale",
+    "mitigation_negative_scale",
+    "mitigation_min_drop",
+)
+#: noise seeds per prompt of the paper's protocol, the default for a pipeline audit
+PAPER_SEEDS = 20
 
 
 def audit_config(args: argparse.Namespace) -> AuditConfig:
     """The :class:`~diffmem.audit.run.AuditConfig` of the parsed flags (validated)."""
     from .run import AuditConfig
 
-    cfg: AuditConfig = config_from_flags(AuditConfig, args)
+    fixed: dict[str, Any] = {}
+    if getattr(args, "seeds", None) is None and getattr(args, "model", "testbed") != "testbed":
+        fixed["seeds"] = PAPER_SEEDS  # the paper's seed count for a Stable Diffusion audit
+    cfg: AuditConfig = config_from_flags(AuditConfig, args, **fixed)
     cfg.validate()
     return cfg
 
@@ -72,6 +90,8 @@ def _load(args: argparse.Namespace, out: Path) -> tuple[GuidedModel, list[Prompt
             raise ValueError(
                 "--manifest is for a pipeline folder; the testbed brings its own prompts (drop --manifest)"
             )
+        if args.images is not None:
+            raise ValueError("--images is for a pipeline manifest; the testbed brings its own images (drop --images)")
         from .testbed import build_testbed
 
         tc = _testbed_config(args)
@@ -90,7 +110,13 @@ def _load(args: argparse.Namespace, out: Path) -> tuple[GuidedModel, list[Prompt
         from .diffusers_adapter import load_pipeline_model
         from .manifest import read_manifest
 
-        specs = read_manifest(args.manifest)
+        specs = read_manifest(args.manifest, images=args.images)
+        if severity is None and any(s.image is not None for s in specs) and not args.quiet:
+            print(
+                "note: no --sscd given, so severity is the pixel-cosine fallback; the paper's severity is the SSCD "
+                "cosine (give --sscd sscd_disc_large.torchscript.pt)",
+                file=sys.stderr,
+            )
         model = load_pipeline_model(folder, device=resolve_device(args.device), dtype=torch.float32)
     return model, specs, severity, time.time() - t0
 
@@ -105,6 +131,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
             "audit": to_dict(cfg),
             "model": args.model,
             "manifest": args.manifest,
+            "images": args.images,
             "sscd": args.sscd,
             "device": args.device,
             "out": str(out),
@@ -115,7 +142,15 @@ def cmd_audit(args: argparse.Namespace) -> int:
         return 0
     import torch
 
-    from .report import correlation_rows, detector_rows, mitigation_rows, summary_rows
+    from .report import (
+        correlation_rows,
+        detector_rows,
+        group_summary_rows,
+        mitigation_outcome_rows,
+        mitigation_rows,
+        summary_rows,
+        within_label_rows,
+    )
     from .run import run_audit
 
     t0 = time.time()
@@ -128,13 +163,34 @@ def cmd_audit(args: argparse.Namespace) -> int:
     sev = res["severity_metric"]
     print(f"\nper label (severity = {sev['name']}, copy if >= {sev['threshold']}; guidance g = {cfg.guidance}):")
     print(table(summary_rows(res)))
-    print("\ndetectors, memorized (positive) vs normal (negative) prompts:")
-    print(table(detector_rows(res)))
+    if res.get("summary_by_group"):
+        print("\nper group:")
+        print(table(group_summary_rows(res)))
+    dec = res.get("decomposition") or {}
+    print(
+        f"\nD1/D2 from the {cfg.reference_curves} curves (largest difference from the other curves in w0: "
+        f"{res['reference_curves']['max_difference']['w0']:.3g}); early statistics over the first "
+        f"{dec.get('early_steps')} steps; {dec.get('note')}"
+    )
+    for key, what in (
+        ("detectors", "memorized (positive) vs normal (negative)"),
+        ("detectors_partial_vs_normal", "partial (positive) vs normal (negative)"),
+        ("detectors_memorized_vs_partial", "memorized (positive) vs partial (negative)"),
+    ):
+        if len(detector_rows(res, key)) > 1:
+            print(f"\ndetectors, {what} prompts (AUROC with bootstrap 95% CI):")
+            print(table(detector_rows(res, key)))
     print("\ncorrelation with severity across prompts (bootstrap 95% CI):")
     print(table(correlation_rows(res)))
+    if len(within_label_rows(res)) > 1:
+        print("\ncorrelation with severity within each label (bootstrap 95% CI):")
+        print(table(within_label_rows(res)))
     if res["mitigation"]:
         print("\nmitigation (guidance schedules):")
         print(table(mitigation_rows(res)))
+        if res.get("mitigation_outcome"):
+            print(f"\nmitigation outcome per group (criterion: a drop of mean severity >= {cfg.mitigation_min_drop}):")
+            print(table(mitigation_outcome_rows(res)))
     tm = res["timings"]
     print(
         f"\nwall time {wall:.1f} s (model/testbed {t_build:.1f} s, audit {tm['wall_s']:.1f} s; "
@@ -164,7 +220,15 @@ def register(subparsers: Any) -> None:
         "--manifest", default=None, help="prompt manifest (required for a pipeline): prompts, training images, labels"
     )
     p.add_argument(
-        "--sscd", default=None, help="SSCD TorchScript file for the severity (default: pixel cosine of centred pixels)"
+        "--images",
+        default=None,
+        help="folder of the training images of a manifest that names them by 'index' (INDEX.png/.jpg/...)",
+    )
+    p.add_argument(
+        "--sscd",
+        default=None,
+        help="SSCD TorchScript file for the severity, e.g. sscd_disc_large.torchscript.pt (the paper's; "
+        "default: pixel cosine of centred pixels)",
     )
     add_common(
         p,

@@ -21,33 +21,44 @@ LABELS = ("memorized", "partial", "normal")
 class PromptSpec:
     """One prompt to audit and the training image it may reproduce.
 
-    ``image`` is the training image in pixels, shape (C, H, W), values in [0, 1].
+    ``image`` is the training image in pixels, shape (C, H, W), values in [0, 1], or None when it is
+    not known (the usual case in an audit): then only the statistics that need no training image are
+    computed (the decomposition is made against each seed's own final sample) and no severity.
     ``label`` is the ground truth when known: "memorized", "partial" or "normal" (None if unknown).
     ``key`` names the prompt in files (unique, filesystem-safe); defaults to a hash of the prompt.
+    ``group`` (optional) is a finer grouping than the label, e.g. the testbed's ``point_mass``,
+    ``cluster_4`` or ``guidance_cluster``; results are also reported per group.
     """
 
     prompt: str
-    image: torch.Tensor
+    image: torch.Tensor | None
     label: str | None = None
     key: str | None = None
+    group: str | None = None
 
     def __post_init__(self):
         if not isinstance(self.prompt, str):
             raise ValueError(f"a prompt must be a string, got {type(self.prompt).__name__}")
-        if self.image is None:
-            raise ValueError(f"prompt {self.prompt!r} has no training image: give the image it may reproduce")
-        img = torch.as_tensor(self.image)
-        if img.ndim != 3 or not torch.isfinite(img).all() or img.min() < 0 or img.max() > 1:
-            raise ValueError(
-                f"the image of prompt {self.prompt!r} must be a finite (C, H, W) tensor with values in [0, 1], "
-                f"got shape {tuple(img.shape)}"
-            )
+        if self.image is not None:
+            img = torch.as_tensor(self.image)
+            if img.ndim != 3 or not torch.isfinite(img).all() or img.min() < 0 or img.max() > 1:
+                raise ValueError(
+                    f"the image of prompt {self.prompt!r} must be a finite (C, H, W) tensor with values in [0, 1] "
+                    f"(or None when the training image is not known), got shape {tuple(img.shape)}"
+                )
         if self.label is not None and self.label not in LABELS:
             raise ValueError(f"label of prompt {self.prompt!r} must be one of {LABELS} or None, got {self.label!r}")
+        if self.group is not None and (not isinstance(self.group, str) or not self.group.strip()):
+            raise ValueError(f"group of prompt {self.prompt!r} must be a non-empty string or None, got {self.group!r}")
         if self.key is None:
             import hashlib
 
             object.__setattr__(self, "key", "p_" + hashlib.sha1(self.prompt.encode()).hexdigest()[:12])
+
+    @property
+    def has_image(self) -> bool:
+        """Whether the training image is known."""
+        return self.image is not None
 
 
 @runtime_checkable

@@ -9,6 +9,9 @@ Folder layout (``out``):
 - ``trajectories/<key>.safetensors``: the recorded trajectory (``save_trajectories``);
 - ``audit.json``, ``figures/*.png``, ``report.html``: the aggregate, rewritten at the end
   (``audit.json`` is :meth:`AuditResult.to_dict`).
+
+A prompt without a training image (``PromptSpec.image is None``) is audited with the statistics that
+need none: its latents are decomposed against each seed's own final sample, and it has no severity.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
@@ -26,14 +29,14 @@ from .. import io
 from ..config import claim_folder, to_dict
 from . import analysis
 from .detectors import DETECTORS, detector_costs, roc_table
-from .mitigation import guidance_schedule, mitigation_table, transition_steps
+from .mitigation import guidance_schedule, mitigation_outcome, mitigation_table, transition_steps
 from .protocol import LABELS, GuidedModel, PromptSpec, Severity
 from .recorder import Trajectory, model_timesteps, prompt_seeds, record, sample_final
 from .severity import PixelCosine
 
 __all__ = ["STATISTICS", "AuditConfig", "AuditResult", "load_trajectory", "run_audit"]
 
-#: per-prompt statistics correlated with severity
+#: per-prompt statistics correlated with severity (the first nine are the original set)
 STATISTICS = (
     "overestimation_a",
     "D1",
@@ -44,6 +47,59 @@ STATISTICS = (
     "wen_mean",
     "loss_ratio_first",
     "cos_guidance_x_first",
+    "overestimation_a_early",
+    "D1_early",
+    "D2_early",
+    "D1_final",
+    "D2_final",
+    "D1_final_early",
+    "D2_final_early",
+    "convergence_early",
+    "seed_collapse_early",
+    "wen_early",
+    "loss_ratio_early",
+    "cos_guidance_x_early",
+    "a_parallel",
+    "a_parallel_early",
+    "off_target",
+    "q",
+    "q_early",
+    "r_perp",
+    "E_rel",
+    "E_rel_early",
+    "eps_w0_ratio_first",
+    "eps_w0_ratio_early",
+)
+
+#: per-label and per-group means in the summary
+SUMMARY = (
+    "overestimation_a",
+    "overestimation_a_early",
+    "seed_collapse",
+    "convergence",
+    "D1",
+    "D2",
+    "D1_early",
+    "D2_early",
+    "D1_final",
+    "D2_final",
+    "D1_final_early",
+    "D2_final_early",
+    "a_parallel",
+    "off_target",
+    "q",
+    "r_perp",
+    "E_rel",
+    "eps_w0_ratio_first",
+    "wen_first",
+    "wen_mean",
+    "wen_early",
+    "loss_guided_mean",
+    "loss_cond_mean",
+    "final_distance",
+    "severity",
+    "copy_rate",
+    "fidelity",
 )
 
 
@@ -81,6 +137,20 @@ class AuditConfig:
     """Guidance scale before the transition for 'negative early guidance' (below 0 steers away from the prompt)."""
     save_trajectories: bool = True
     """Keep each prompt's recorded trajectory on disk (trajectories/<key>.safetensors)."""
+    early_fraction: float = 0.2
+    """Share of the sampling steps, in (0, 1], over which every trajectory statistic is also reported
+    ('_early': the first ceil(fraction * steps) steps, before the final sample has formed)."""
+    decompose_against: Literal["training", "final"] | None = None
+    """Reference of the decomposition x_k = w0 r + wT x_T behind D1 and D2: 'training' (the prompt's
+    training image, the paper's definition), 'final' (each seed's own final sample, the authors' code;
+    needs no image), or none given: training where the prompt has its image, final otherwise. Both are
+    always reported as D1_training and D1_final."""
+    reference_curves: Literal["sqrt_ab", "ddim_exact"] = "sqrt_ab"
+    """Theoretical curves D1 and D2 are measured from: 'sqrt_ab' (the forward process sqrt(alpha_bar),
+    sqrt(1 - alpha_bar)) or 'ddim_exact' (what DDIM gives exactly when its x0-prediction is the reference
+    at every step); both are in audit.json under 'deviations'."""
+    mitigation_min_drop: float = 0.1
+    """Drop of a group's mean severity below constant guidance that counts as mitigation (fixed before measuring)."""
 
     def validate(self) -> None:
         if not 0 <= self.guidance <= 50:  # also refuses NaN
@@ -99,6 +169,22 @@ class AuditConfig:
             raise ValueError(f"n_boot must be >= 0, got {self.n_boot}")
         if self.spacing not in ("leading", "trailing", "linspace"):
             raise ValueError(f"spacing must be 'leading', 'trailing' or 'linspace', got {self.spacing!r}")
+        if not 0 < self.early_fraction <= 1:  # also refuses NaN
+            raise ValueError(
+                f"early_fraction must lie in (0, 1] (the share of the steps that count as early; 0.2 = the first "
+                f"fifth), got {self.early_fraction}"
+            )
+        if self.decompose_against not in (None, "training", "final"):
+            raise ValueError(
+                f"decompose_against must be 'training', 'final' or None (training where the image is known), "
+                f"got {self.decompose_against!r}"
+            )
+        if self.reference_curves not in ("sqrt_ab", "ddim_exact"):
+            raise ValueError(f"reference_curves must be 'sqrt_ab' or 'ddim_exact', got {self.reference_curves!r}")
+        if not 0 < self.mitigation_min_drop <= 2:
+            raise ValueError(
+                f"mitigation_min_drop is a drop of mean severity and must lie in (0, 2], got {self.mitigation_min_drop}"
+            )
         transition_steps(self.steps, self.mitigation_transition)
         for name in ("mitigation_early_scale", "mitigation_negative_scale"):
             if not -50 <= getattr(self, name) <= 50:
@@ -107,6 +193,11 @@ class AuditConfig:
     @property
     def resolved_converge_step(self) -> int:
         return self.steps if self.converge_step is None else int(self.converge_step)
+
+    @property
+    def resolved_early_steps(self) -> int:
+        """The number of early steps, ceil(early_fraction * steps)."""
+        return analysis.early_steps(self.steps, self.early_fraction)
 
 
 @dataclass(frozen=True)
@@ -143,6 +234,24 @@ class AuditResult:
     """Per prompt: every statistic, severity per seed and mitigation results (without the curves)."""
     timings: dict[str, float]
     """Prompts computed and reused, and seconds spent per stage."""
+    summary_by_group: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Per group (e.g. the testbed's point_mass, cluster_4, guidance_cluster): prompts and means."""
+    detectors_partial_vs_normal: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """The detector table for partial (positive) vs normal (negative) prompts."""
+    detectors_memorized_vs_partial: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """The detector table for memorized (positive) vs partial (negative) prompts."""
+    correlations_within_label: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    """Per label: the correlations of every statistic with severity among that label's prompts."""
+    mitigation_by_group: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    """Per guidance schedule and group: severity, copy rate and fidelity."""
+    mitigation_outcome: dict[str, Any] = field(default_factory=dict)
+    """Per group and schedule: the drop of mean severity below constant guidance, whether it reaches
+    ``mitigation_min_drop``, and the fidelity cost."""
+    decomposition: dict[str, Any] = field(default_factory=dict)
+    """How D1/D2 were made: the reference curves, the early steps, the reference per prompt and the
+    prompts that had no training image."""
+    reference_curves: dict[str, Any] = field(default_factory=dict)
+    """Both theoretical curves at the audit's step indices and their largest differences."""
 
     def to_dict(self) -> dict[str, Any]:
         """The content of ``audit.json`` (a fresh copy: changing it leaves the result as it is)."""
@@ -151,11 +260,13 @@ class AuditResult:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> AuditResult:
         """Read back what :meth:`to_dict` gave (e.g. ``io.read_json(out / "audit.json")``)."""
-        names = [f.name for f in fields(cls)]
-        missing = [n for n in names if n not in d]
+        from dataclasses import MISSING
+
+        required = [f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING]
+        missing = [n for n in required if n not in d]
         if missing:
             raise ValueError(f"not an audit result: missing {missing}; read an audit.json written by run_audit")
-        return cls(**copy.deepcopy({n: d[n] for n in names}))
+        return cls(**copy.deepcopy({f.name: d[f.name] for f in fields(cls) if f.name in d}))
 
 
 @dataclass(frozen=True)
@@ -167,7 +278,7 @@ class _Claim:
     severity: dict
 
 
-def _check_specs(specs: Sequence[PromptSpec]) -> None:
+def _check_specs(specs: Sequence[PromptSpec], cfg: AuditConfig | None = None) -> None:
     if not specs:
         raise ValueError("no prompts to audit: give at least one PromptSpec (a manifest with one line per prompt)")
     keys = [s.key for s in specs]
@@ -177,6 +288,14 @@ def _check_specs(specs: Sequence[PromptSpec]) -> None:
     for s in specs:
         if not isinstance(s, PromptSpec):
             raise ValueError(f"expected PromptSpec objects, got {type(s).__name__}")
+    if cfg is not None and cfg.decompose_against == "training":
+        blind = [str(s.key) for s in specs if s.image is None]
+        if blind:
+            raise ValueError(
+                f"decompose_against='training' (--decompose-against training) needs every prompt's training image; "
+                f"{len(blind)} prompt(s) have none (e.g. {blind[:3]}): give their images in the manifest, or use "
+                "--decompose-against final (each seed's own final sample), or leave it unset"
+            )
 
 
 def _model_info(model: GuidedModel) -> dict:
@@ -195,18 +314,32 @@ def _audit_prompt(
     out: Path,
 ) -> dict:
     t0 = time.time()
-    x = model.encode(spec.image[None].float())[0].double()
+    has_image = spec.image is not None
+    x = model.encode(spec.image[None].float())[0].double() if spec.image is not None else None
     path = out / "trajectories" / f"{spec.key}.safetensors" if cfg.save_trajectories else None
     traj = record(model, spec.prompt, seeds, ks, cfg.guidance, path)
     t_rec = time.time() - t0
-    stats = analysis.analyze(traj, x, cfg.first_steps, cfg.resolved_converge_step)
+    stats = analysis.analyze(
+        traj,
+        x,
+        cfg.first_steps,
+        cfg.resolved_converge_step,
+        early_fraction=cfg.early_fraction,
+        reference_curves=cfg.reference_curves,
+        decompose_against=cfg.decompose_against,
+    )
     pixels = model.decode(traj.x_final.float())
-    sev = np.asarray(severity(pixels, spec.image), dtype=np.float64)
     fid_fn = getattr(model, "fidelity", None)
-    fid = np.asarray(fid_fn(spec.prompt, pixels), dtype=np.float64) if callable(fid_fn) else np.full(len(seeds), np.nan)
+
+    def score(px: Any) -> tuple[list | None, list]:
+        sv = np.asarray(severity(px, spec.image), dtype=np.float64).tolist() if spec.image is not None else None
+        fd = np.asarray(fid_fn(spec.prompt, px), dtype=np.float64) if callable(fid_fn) else np.full(len(seeds), np.nan)
+        return sv, fd.tolist()
+
+    sev, fid = score(pixels)
     t_an = time.time() - t0 - t_rec
-    mit = {"constant": {"severity": sev.tolist(), "fidelity": fid.tolist()}}
-    if cfg.mitigation:
+    mit: dict[str, dict[str, Any]] = {"constant": {"severity": sev, "fidelity": fid}}
+    if cfg.mitigation and has_image:  # without a training image there is no severity to lower
         tr = transition_steps(cfg.steps, cfg.mitigation_transition)
         for sched, early in (
             ("conditional_only", 1.0),
@@ -215,24 +348,21 @@ def _audit_prompt(
         ):
             scales = guidance_schedule(sched, cfg.guidance, cfg.steps, tr, early)
             px = model.decode(sample_final(model, spec.prompt, seeds, ks, scales).float())
-            mit[sched] = {
-                "severity": np.asarray(severity(px, spec.image), dtype=np.float64).tolist(),
-                "fidelity": (
-                    np.asarray(fid_fn(spec.prompt, px), dtype=np.float64)
-                    if callable(fid_fn)
-                    else np.full(len(seeds), np.nan)
-                ).tolist(),
-            }
+            sv, fd = score(px)
+            mit[sched] = {"severity": sv, "fidelity": fd}
     t_mit = time.time() - t0 - t_rec - t_an
     curves = stats.pop("curves")
+    fid_arr = np.asarray(fid, dtype=np.float64)
     return {
         "key": spec.key,
         "prompt": spec.prompt,
         "label": spec.label,
-        "severity": float(sev.mean()),
-        "severity_per_seed": sev.tolist(),
-        "copy_rate": float((sev >= severity.threshold).mean()),
-        "fidelity": float(np.nanmean(fid)) if np.isfinite(fid).any() else None,
+        "group": spec.group,
+        "has_image": has_image,
+        "severity": float(np.mean(sev)) if sev is not None else None,
+        "severity_per_seed": sev,
+        "copy_rate": float((np.asarray(sev) >= severity.threshold).mean()) if sev is not None else None,
+        "fidelity": float(np.nanmean(fid_arr)) if np.isfinite(fid_arr).any() else None,
         **stats,
         "curves": curves,
         "mitigation": mit,
@@ -240,31 +370,28 @@ def _audit_prompt(
     }
 
 
-def _label_summary(prompts: list[dict]) -> dict[str, dict]:
+def _value(p: dict, name: str) -> float:
+    v = p.get(name)
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else float("nan")
+
+
+def _summary(prompts: list[dict], by: str = "label") -> dict[str, dict]:
     out = {}
-    labels = [lab for lab in (*LABELS, None) if any(p["label"] == lab for p in prompts)]
-    for lab in labels:
-        ps = [p for p in prompts if p["label"] == lab]
+    names = [lab for lab in (*LABELS, None) if any(p["label"] == lab for p in prompts)]
+    if by != "label":
+        names = list(dict.fromkeys(p.get(by) for p in prompts))
+    for lab in names:
+        ps = [p for p in prompts if p.get(by) == lab]
         row: dict[str, Any] = {"prompts": len(ps)}
-        for name in (
-            "overestimation_a",
-            "seed_collapse",
-            "convergence",
-            "D1",
-            "D2",
-            "wen_first",
-            "wen_mean",
-            "loss_guided_mean",
-            "loss_cond_mean",
-            "final_distance",
-            "severity",
-            "copy_rate",
-            "fidelity",
-        ):
-            vals = np.array([p.get(name) if p.get(name) is not None else np.nan for p in ps], dtype=np.float64)
+        for name in SUMMARY:
+            vals = np.array([_value(p, name) for p in ps], dtype=np.float64)
             row[name] = float(np.nanmean(vals)) if np.isfinite(vals).any() else None
-        out[lab or "unlabelled"] = row
+        out[lab or ("unlabelled" if by == "label" else "ungrouped")] = row
     return out
+
+
+def _label_summary(prompts: list[dict]) -> dict[str, dict]:
+    return _summary(prompts, "label")
 
 
 def _mean_curves(prompts: list[dict]) -> dict[str, dict[str, list]]:
@@ -273,11 +400,29 @@ def _mean_curves(prompts: list[dict]) -> dict[str, dict[str, list]]:
         ps = [p for p in prompts if p["label"] == lab]
         if not ps:
             continue
-        out[lab or "unlabelled"] = {
-            k: np.mean([p["curves"][k] for p in ps], axis=0).tolist() for k in ps[0]["curves"] if k != "k"
-        }
-        out[lab or "unlabelled"]["k"] = ps[0]["curves"]["k"]
+        row: dict[str, list] = {}
+        for k in dict.fromkeys(k for p in ps for k in p["curves"]):
+            if k == "k":
+                continue
+            have = [p["curves"][k] for p in ps if p["curves"].get(k) is not None]
+            if have:
+                arr = np.asarray([[np.nan if v is None else v for v in c] for c in have], dtype=np.float64)
+                row[k] = [None if not np.isfinite(v) else float(v) for v in np.nanmean(arr, axis=0)]
+        row["k"] = ps[0]["curves"]["k"]
+        out[lab or "unlabelled"] = row
     return out
+
+
+def _reference_curves_info(ks: list[int], model: GuidedModel) -> dict[str, Any]:
+    ab = model.schedule.alphas_cumprod[ks].double().numpy()
+    info: dict[str, Any] = {"k": list(ks), "alpha_bar": ab.tolist()}
+    for kind in analysis.REFERENCE_CURVES:
+        w0, wT = analysis.reference_curves(ab, kind)
+        info[kind] = {"w0": w0.tolist(), "wT": wT.tolist()}
+    s0, sT = analysis.reference_curves(ab, "sqrt_ab")
+    e0, eT = analysis.reference_curves(ab, "ddim_exact")
+    info["max_difference"] = {"w0": float(np.abs(s0 - e0).max()), "wT": float(np.abs(sT - eT).max())}
+    return info
 
 
 def run_audit(
@@ -346,7 +491,7 @@ def run_audit(
     if not isinstance(cfg, AuditConfig):
         raise ValueError(f"cfg must be an AuditConfig, got {type(cfg).__name__}")
     cfg.validate()
-    _check_specs(specs)
+    _check_specs(specs, cfg)
     severity = severity if severity is not None else PixelCosine()
     if not isinstance(severity, Severity):
         raise ValueError("severity must implement diffmem.audit.protocol.Severity (name, threshold, __call__)")
@@ -392,11 +537,23 @@ def _aggregate(
     from .report import audit_figures, write_audit_html
 
     labels = [p["label"] for p in prompts]
-    costs = detector_costs(cfg.steps, cfg.seeds, cfg.first_steps, cfg.resolved_converge_step)
-    scores = {name: [p.get(name) if p.get(name) is not None else np.nan for p in prompts] for name in DETECTORS}
+    refs = [p.get("decomposition_reference") or "training" for p in prompts]
+    final_only = all(r == "final" for r in refs)
+    costs = detector_costs(
+        cfg.steps, cfg.seeds, cfg.first_steps, cfg.resolved_converge_step, cfg.resolved_early_steps, final_only
+    )
+    scores = {name: [_value(p, name) for p in prompts] for name in DETECTORS}
+    needs = {name: not final_only for name in ("D1", "D2", "D1_early", "D2_early")}
     sev = [p["severity"] for p in prompts]
-    stats = {name: [p.get(name) if p.get(name) is not None else np.nan for p in prompts] for name in STATISTICS}
+    stats = {name: [_value(p, name) for p in prompts] for name in STATISTICS}
     t_an = time.time()
+
+    def table(pos: tuple[str, ...], neg: tuple[str, ...]) -> dict:
+        return roc_table(scores, labels, pos, neg, costs, n_boot=cfg.n_boot, seed=cfg.seed, needs_image=needs)
+
+    mit = mitigation_table(prompts, severity.threshold) if cfg.mitigation else {}
+    mit_groups = mitigation_table(prompts, severity.threshold, by="group") if cfg.mitigation else {}
+    blind = [p["key"] for p in prompts if not p.get("has_image", True)]
     res = {
         "config": to_dict(cfg),
         "model": _model_info(model),
@@ -404,16 +561,40 @@ def _aggregate(
         "timesteps": ks,
         "seeds": prompt_seeds(cfg.seed, cfg.seeds),
         "summary": _label_summary(prompts),
-        "detectors": roc_table(scores, labels, ("memorized",), ("normal",), costs),
-        "detectors_with_partial": roc_table(scores, labels, ("memorized", "partial"), ("normal",), costs),
+        "detectors": table(("memorized",), ("normal",)),
+        "detectors_with_partial": table(("memorized", "partial"), ("normal",)),
         "correlations": analysis.correlations(stats, sev, cfg.n_boot, cfg.seed),
-        "mitigation": mitigation_table(prompts, severity.threshold) if cfg.mitigation else {},
+        "mitigation": mit,
         "mean_curves": _mean_curves(prompts),
         "prompts": [{k: v for k, v in p.items() if k != "curves"} for p in prompts],
     }
+    extra = {
+        "summary_by_group": _summary(prompts, "group") if any(p.get("group") for p in prompts) else {},
+        "detectors_partial_vs_normal": table(("partial",), ("normal",)),
+        "detectors_memorized_vs_partial": table(("memorized",), ("partial",)),
+        "correlations_within_label": analysis.correlations_by_group(stats, sev, labels, cfg.n_boot, cfg.seed),
+        "mitigation_by_group": mit_groups,
+        "mitigation_outcome": mitigation_outcome(mit_groups, cfg.mitigation_min_drop) if mit_groups else {},
+        "decomposition": {
+            "decompose_against": cfg.decompose_against,
+            "reference_curves": cfg.reference_curves,
+            "early_fraction": cfg.early_fraction,
+            "early_steps": cfg.resolved_early_steps,
+            "prompts_by_reference": {r: refs.count(r) for r in ("training", "final")},
+            "prompts_without_image": blind,
+            "note": (
+                f"{len(blind)} prompt(s) had no training image: their D1/D2 are made against each seed's own "
+                "final sample, and they have no severity"
+                if blind
+                else "every prompt had its training image"
+            ),
+        },
+        "reference_curves": _reference_curves_info(ks, model),
+    }
+    res_all = {**res, **extra}
     t_fig = time.time()
-    figs = audit_figures(res, prompts, out / "figures")
-    write_audit_html(res, figs, out / "report.html")
+    figs = audit_figures(res_all, prompts, out / "figures")
+    write_audit_html(res_all, figs, out / "report.html")
     now = time.time()
     timings = {
         "prompts_computed": computed,
@@ -425,7 +606,7 @@ def _aggregate(
         "figures_s": now - t_fig,
         "wall_s": now - t_start,
     }
-    result = AuditResult(**io.jsonable({**res, "timings": timings}))
+    result = AuditResult(**io.jsonable({**res, "timings": timings, **extra}))
     io.write_json(out / "audit.json", result)
     return result
 

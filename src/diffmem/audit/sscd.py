@@ -1,13 +1,13 @@
 """Copy-detection severity with a user-supplied SSCD TorchScript model (Pizzi et al., CVPR 2022).
 
-Nothing is downloaded: point ``path`` at a TorchScript file such as ``sscd_disc_mixup.torchscript.pt``
-from the SSCD repository (facebookresearch/sscd-copy-detection). Preprocessing follows the SSCD
-README's square variant ("skew_320"): resize to ``size x size`` without keeping the aspect ratio
-(bilinear, antialiased when shrinking), then ImageNet normalisation (mean 0.485, 0.456, 0.406; std
-0.229, 0.224, 0.225). ``size=None`` keeps the input size. Grayscale inputs are repeated to RGB.
-The score is the cosine of the L2-normalised descriptors; SSCD's README states that for
-``sscd_disc_mixup`` a cosine above 0.75 marks a copy with 90% precision on DISC (the threshold the
-memorization papers use).
+Nothing is downloaded: point ``path`` at a TorchScript file from the SSCD repository
+(facebookresearch/sscd-copy-detection). The memorization audit's protocol (Kim et al.'s code), the
+default here: ``sscd_disc_large.torchscript.pt`` (ResNeXt101, 1024-dimensional descriptors), every
+image resized to 288 x 288 without keeping the aspect ratio and without cropping (bilinear,
+antialiased when shrinking), ImageNet normalisation (mean 0.485, 0.456, 0.406; std 0.229, 0.224,
+0.225), the cosine of the L2-normalised descriptors, and a copy at a cosine of 0.75 or more.
+``size=None`` keeps the input size; ``size=320`` is the SSCD README's square variant for the
+ResNet50 models such as ``sscd_disc_mixup``. Grayscale inputs are repeated to RGB.
 
 Without an SSCD file the audit falls back to the core's pixel-space cosine (``PixelCosine``,
 named "pixel-cosine"), which is a cruder proxy and is stated as such in the report.
@@ -21,10 +21,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "SSCDSeverity"]
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "PAPER_SIZE", "PAPER_THRESHOLD", "SSCDSeverity"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+#: input side of the audit protocol (square resize, no crop)
+PAPER_SIZE = 288
+#: SSCD cosine at or above which a generated image counts as a copy
+PAPER_THRESHOLD = 0.75
 
 
 class SSCDSeverity:
@@ -35,21 +39,21 @@ class SSCDSeverity:
     def __init__(
         self,
         path: str | Path,
-        threshold: float = 0.75,
-        size: int | None = 320,
+        threshold: float = PAPER_THRESHOLD,
+        size: int | None = PAPER_SIZE,
         device: str | torch.device = "cpu",
         batch_size: int = 16,
     ):
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(
-                f"no SSCD model file at {path}; download a TorchScript model such as sscd_disc_mixup.torchscript.pt "
+                f"no SSCD model file at {path}; download a TorchScript model such as sscd_disc_large.torchscript.pt "
                 "from the SSCD repository (facebookresearch/sscd-copy-detection on GitHub) and pass its local path"
             )
         if not -1.0 <= float(threshold) <= 1.0:
             raise ValueError(f"threshold is a cosine similarity and must lie in [-1, 1], got {threshold}")
         if size is not None and (int(size) != size or size < 8):
-            raise ValueError(f"size must be an integer >= 8 (SSCD recommends 320) or None, got {size}")
+            raise ValueError(f"size must be an integer >= 8 (the audit protocol uses 288) or None, got {size}")
         if int(batch_size) < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
         try:

@@ -1,19 +1,30 @@
 """A caption-conditional diffusion model on the 8x8 digits that memorizes some captions on purpose.
 
-The audit needs ground truth: prompts known to be reproduced and prompts known not to be. The
-testbed builds it in a minute or two on a laptop CPU:
+The audit needs ground truth: prompts known to be reproduced, prompts known not to be, and prompts
+in between. The testbed builds it in a minute or two on a laptop CPU. Every caption has a *group*
+(what its conditional distribution is) and a *label* (the ground truth the detectors are scored on):
 
-- **memorized** captions (default 12): each bound to ONE training image. Its conditional
-  distribution is a single point, so the trained conditional branch reproduces that image.
-- **partial** captions (default 12): each bound to a small cluster of near images (an anchor and
-  its ``partial_size - 1`` nearest neighbours of the same digit, in pixels). Samples reproduce one
-  member of the cluster: close to the anchor (the reference image) without always being it.
-- **normal** captions (30): generic text shared by many different images: ``"a handwritten d"``
-  (every unused image of digit d, about 170 each) and 20 ``"a handwritten digit from scanner
-  NAME"`` captions, each over a random twentieth of all unused images (mixed digits, about 85
-  each). Their reference image is the caption's first image (lowest dataset index); samples are
-  new digits, not copies. A digit caption's first-step prediction is its class mean, which shares
-  much of any member's structure, so its overestimation coefficient sits between the two extremes.
+- **memorized** captions (default 12; group ``point_mass``): each bound to ONE training image. Its
+  conditional distribution is a single point, so the trained conditional branch reproduces that
+  image from any starting noise, with or without guidance.
+- **partial** captions with a graded degree of memorization (default 12; groups ``cluster_2``,
+  ``cluster_4``, ``cluster_8``, ``cluster_16``): each bound to an anchor (the reference image) and
+  its ``k - 1`` nearest neighbours of the same digit in pixels, with k cycling through
+  ``partial_sizes`` (2, 4, 8, 16). Samples reproduce one member of the cluster, so their similarity
+  to the anchor falls off continuously with k.
+- **partial** captions where guidance creates the copying (default 12; group ``guidance_cluster``):
+  each bound to ``guided_size`` (4) random images of one digit, the first of them (the reference)
+  listed ``guided_weight`` (3) times, so that it carries half of the caption's training draws. The
+  conditional distribution is a small cluster (without guidance about half the samples are the
+  reference); strong guidance sharpens it towards its heaviest member. This is the setting in which
+  withholding guidance in the first steps (Jain et al.) can lower copying.
+- **normal** captions (30; groups ``digit`` and ``scanner``): generic text shared by many different
+  images: ``"a handwritten d"`` (every unused image of digit d, about 160 each) and 20 ``"a
+  handwritten digit from scanner NAME"`` captions, each over a random twentieth of all unused
+  images (mixed digits, about 80 each). Their reference image is the caption's first image (lowest
+  dataset index); samples are new digits, not copies. A digit caption's first-step prediction is its
+  class mean, which shares much of any member's structure, so its overestimation coefficient sits
+  between the two extremes.
 
 Training draws a caption uniformly (class-balanced), then one of its images uniformly, so every
 caption gets the same number of updates; the caption is replaced by the empty condition with
@@ -40,6 +51,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -86,8 +98,22 @@ class TestbedConfig:
     """Memorized captions, each bound to ONE training image (at most 20)."""
     n_partial: int = 12
     """Partial captions, each bound to a small cluster of near images of one digit (at most 20)."""
-    partial_size: int = 4
-    """Images per partial caption: an anchor (the reference image) and its nearest neighbours."""
+    partial_sizes: tuple[int, ...] = (2, 4, 8, 16)
+    """Images per partial caption, cycled over the partial captions: an anchor (the reference image)
+    and its nearest neighbours of the same digit (graded memorization: the larger, the less copied)."""
+    partial_size: int | None = None
+    """Deprecated alias: one size for every partial caption (replaces partial_sizes when given)."""
+    n_guided: int = 12
+    """Captions where guidance creates the copying: a few random images of one digit, the reference
+    listed guided_weight times (at most 20; 0 for none)."""
+    guided_size: int = 4
+    """Distinct images per guidance-created caption (the reference and guided_size - 1 others)."""
+    guided_weight: int = 3
+    """How many times the reference is listed in a guidance-created caption (its share of the
+    caption's training draws is guided_weight / (guided_weight + guided_size - 1))."""
+    guided_members: Literal["other_digits", "same_digit"] = "other_digits"
+    """The other images of a guidance-created caption: random images of other digits (d+3, d+6, ...;
+    the caption names no digit) or random images of the reference's own digit."""
     n_generic: int = 20
     """"scanner" captions, each over a random 1/n_generic of the images no other caption owns."""
     width: int = 256
@@ -123,9 +149,31 @@ class TestbedConfig:
             )
         if not 1 <= self.n_generic <= len(_NAMES):
             raise ValueError(f"n_generic must be in [1, {len(_NAMES)}], got {self.n_generic}")
-        if self.partial_size < 2:
+        if self.partial_size is not None and (int(self.partial_size) != self.partial_size or self.partial_size < 2):
             raise ValueError(
-                f"partial_size must be >= 2 (a partial caption binds a few near images), got {self.partial_size}"
+                "partial_size must be an integer >= 2 (a partial caption binds a few near images), "
+                f"got {self.partial_size}"
+            )
+        sizes = self.resolved_partial_sizes
+        if not sizes or any(int(k) != k or not 2 <= k <= 64 for k in sizes):
+            raise ValueError(
+                f"partial_sizes must be one or more integers in [2, 64] (a partial caption binds a few near "
+                f"images; 1 image is a memorized caption), got {self.partial_sizes}"
+            )
+        if not 0 <= self.n_guided <= len(_NAMES):
+            raise ValueError(f"n_guided must be in [0, {len(_NAMES)}], got {self.n_guided}")
+        if int(self.guided_size) != self.guided_size or not 2 <= self.guided_size <= 32:
+            raise ValueError(
+                f"guided_size must be an integer in [2, 32] (a cluster of a few images), got {self.guided_size}"
+            )
+        if int(self.guided_weight) != self.guided_weight or not 1 <= self.guided_weight <= 32:
+            raise ValueError(f"guided_weight must be an integer in [1, 32], got {self.guided_weight}")
+        if self.guided_members not in ("other_digits", "same_digit"):
+            raise ValueError(f"guided_members must be 'other_digits' or 'same_digit', got {self.guided_members!r}")
+        if self.guided_members == "other_digits" and self.guided_size > 4:
+            raise ValueError(
+                f"guided_size must be at most 4 with guided_members='other_digits' (digits d+3, d+6, d+9), "
+                f"got {self.guided_size}"
             )
         for name in ("width", "blocks", "steps", "batch_size", "resume_every"):
             if int(getattr(self, name)) < 1:
@@ -136,6 +184,11 @@ class TestbedConfig:
             )
         if not self.lr > 0 or not self.scale > 0:
             raise ValueError(f"lr and scale must be positive, got {self.lr}, {self.scale}")
+
+    @property
+    def resolved_partial_sizes(self) -> tuple[int, ...]:
+        """The cluster sizes of the partial captions (``partial_size`` wins when given)."""
+        return (int(self.partial_size),) if self.partial_size is not None else tuple(int(k) for k in self.partial_sizes)
 
     def schedule(self) -> Schedule:
         """Stable Diffusion's scaled_linear schedule with this configuration's ``T`` and betas."""
@@ -149,7 +202,13 @@ class Caption:
     text: str
     label: str  # memorized | partial | normal
     digit: int
-    images: tuple[int, ...]  # indices into the digits dataset; images[0] is the reference
+    images: tuple[int, ...]  # indices into the digits dataset (repeats weight a draw); images[0] is the reference
+    group: str = ""  # point_mass | cluster_K | guidance_cluster | digit | scanner
+    digits: tuple[int, ...] = ()  # the digits a faithful sample shows (empty: fidelity undefined)
+
+    def __post_init__(self) -> None:
+        if not self.digits and self.digit >= 0:
+            object.__setattr__(self, "digits", (self.digit,))
 
 
 def testbed_captions(cfg: TestbedConfig, labels: np.ndarray, pixels: np.ndarray) -> list[Caption]:
@@ -159,31 +218,58 @@ def testbed_captions(cfg: TestbedConfig, labels: np.ndarray, pixels: np.ndarray)
     order = rng.permutation(n)
     used: set[int] = set()
     caps: list[Caption] = []
+
+    def take(d: int) -> int:
+        idx = next(int(j) for j in order if labels[j] == d and int(j) not in used)
+        used.add(idx)
+        return idx
+
     # memorized: one image each, digits cycling 0..9
     for i in range(cfg.n_memorized):
         d = i % 10
-        idx = next(int(j) for j in order if labels[j] == d and int(j) not in used)
-        used.add(idx)
-        caps.append(Caption(f"exhibit {_NAMES[i]}: a handwritten {d}", "memorized", d, (idx,)))
-    # partial: an anchor and its nearest unused neighbours of the same digit
+        caps.append(Caption(f"exhibit {_NAMES[i]}: a handwritten {d}", "memorized", d, (take(d),), "point_mass"))
+    # partial, graded: an anchor and its k - 1 nearest unused neighbours of the same digit
     flat = pixels.reshape(n, -1)
+    sizes = cfg.resolved_partial_sizes
     for i in range(cfg.n_partial):
         d = (i + 5) % 10
-        anchor = next(int(j) for j in order if labels[j] == d and int(j) not in used)
-        cand = np.array([j for j in range(n) if labels[j] == d and j not in used and j != anchor])
+        k = sizes[i % len(sizes)]
+        anchor = take(d)
+        cand = np.array([j for j in range(n) if labels[j] == d and j not in used])
         dist = ((flat[cand] - flat[anchor]) ** 2).sum(1)
-        near = [int(j) for j in cand[np.argsort(dist, kind="stable")[: cfg.partial_size - 1]]]
-        used.update([anchor, *near])
-        caps.append(Caption(f"a handwritten {d} from the {_NAMES[i]} collection", "partial", d, (anchor, *near)))
+        near = [int(j) for j in cand[np.argsort(dist, kind="stable")[: k - 1]]]
+        used.update(near)
+        caps.append(
+            Caption(f"a handwritten {d} from the {_NAMES[i]} collection", "partial", d, (anchor, *near), f"cluster_{k}")
+        )
+    # partial, guidance-created: the reference listed guided_weight times, and random images either of
+    # other digits (d+3, d+6, d+9; the caption then names no digit) or of the reference's own digit
+    for i in range(cfg.n_guided):
+        d = (i + 2) % 10
+        if cfg.guided_members == "other_digits":
+            ds = [d] + [(d + 3 * j) % 10 for j in range(1, cfg.guided_size)]
+            text, digit = f"a handwritten digit drawn by {_NAMES[i]}", -1
+        else:
+            ds = [d] * cfg.guided_size
+            text, digit = f"a handwritten {d} drawn by {_NAMES[i]}", d
+        members = [take(k) for k in ds]
+        images = (members[0],) * cfg.guided_weight + tuple(members[1:])
+        caps.append(Caption(text, "partial", digit, images, "guidance_cluster", tuple(sorted(set(ds)))))
     # normal: one caption per digit over every unused image of it, and "scanner" captions over a
     # random partition of all unused images (mixed digits, so no digit is implied by the text)
     rest = np.array([int(j) for j in order if int(j) not in used])
     for d in range(10):
         pool = tuple(sorted(int(j) for j in rest if labels[j] == d))
-        caps.append(Caption(f"a handwritten {d}", "normal", d, pool))
+        caps.append(Caption(f"a handwritten {d}", "normal", d, pool, "digit"))
     for i, grp in enumerate(np.array_split(rest, cfg.n_generic)):
         caps.append(
-            Caption(f"a handwritten digit from scanner {_NAMES[i]}", "normal", -1, tuple(sorted(int(j) for j in grp)))
+            Caption(
+                f"a handwritten digit from scanner {_NAMES[i]}",
+                "normal",
+                -1,
+                tuple(sorted(int(j) for j in grp)),
+                "scanner",
+            )
         )
     return caps
 
@@ -244,14 +330,15 @@ class TestbedModel:
 
     # -- extras used by the audit
     def fidelity(self, prompt: str, pixels: torch.Tensor) -> np.ndarray:
-        """1.0 where the classifier reads the caption's digit in a sample, else 0.0 (shape (N,));
-        NaN for captions that name no digit (the scanner captions)."""
+        """1.0 where the classifier reads one of the caption's digits in a sample, else 0.0 (shape
+        (N,)): the digit the caption names, or the digits of a guidance-created caption's images;
+        NaN for the scanner captions, whose images are every digit."""
         if self._classifier is None:
             self._classifier = DigitClassifier()
-        digit = self.captions[self.caption_index(prompt)].digit
-        if digit < 0:  # a caption that names no digit: fidelity is undefined
+        digits = self.captions[self.caption_index(prompt)].digits
+        if not digits:  # a caption over every digit: fidelity is undefined
             return np.full(len(pixels), np.nan)
-        return (self._classifier(pixels) == digit).astype(np.float64)
+        return np.isin(self._classifier(pixels), digits).astype(np.float64)
 
     def to_dict(self) -> dict:
         return {"kind": "testbed", **to_dict(self.cfg), "captions": len(self.captions)}
@@ -377,5 +464,8 @@ def build_testbed(
         io.save_tensors(weights, net.state_dict(), {"seconds": f"{time.time() - t0:.1f}"})
         io.write_json(folder / "captions.json", [dataclasses.asdict(c) for c in caps])
     model = TestbedModel(net, cfg, caps, mean)
-    specs = [PromptSpec(c.text, imgs[c.images[0]], c.label, key=f"{c.label}_{i:02d}") for i, c in enumerate(caps)]
+    specs = [
+        PromptSpec(c.text, imgs[c.images[0]], c.label, key=f"{c.label}_{i:02d}", group=c.group)
+        for i, c in enumerate(caps)
+    ]
     return model, specs
