@@ -160,6 +160,7 @@ class _Plan(NamedTuple):
     rows: int  # samples per block
     cols: int  # references per chunk
     pairs: int  # pairs per float64 re-check chunk
+    cache: bool  # keep the prepared samples between reference chunks
 
 
 def _check_budget(memory_budget: Any) -> int:
@@ -170,27 +171,37 @@ def _check_budget(memory_budget: Any) -> int:
     return int(memory_budget)
 
 
-def _scan_rows(t: torch.Tensor, dev: torch.device, rows: int):
-    for i in range(0, t.shape[0], rows):
-        yield i, t[i : i + rows].to(device=dev, dtype=torch.float64)
+def _summaries(x: torch.Tensor, dev: torch.device, rows: int, name: str) -> tuple[torch.Tensor, ...]:
+    """Column sums (float64), minima and maxima of x, read block by block; refuses NaN and inf."""
+    total = torch.zeros(x.shape[1], dtype=torch.float64, device=dev)
+    lo = torch.full((x.shape[1],), math.inf, dtype=torch.float64, device=dev)
+    hi = torch.full((x.shape[1],), -math.inf, dtype=torch.float64, device=dev)
+    for i in range(0, x.shape[0], rows):
+        t = x[i : i + rows].to(dev)
+        if t.dtype == torch.bool:
+            t = t.to(torch.uint8)
+        colsum = t.sum(0, dtype=torch.float64)
+        if not torch.isfinite(colsum).all():  # a NaN or an inf anywhere makes its column's sum so
+            if not torch.isfinite(t).all():
+                raise ValueError(f"{name} contains NaN or inf values: remove or replace them first")
+            raise ValueError(f"{name} holds values too large for float64 sums: rescale the data")
+        total += colsum
+        mn, mx = torch.aminmax(t, dim=0)
+        torch.minimum(lo, mn.to(torch.float64), out=lo)
+        torch.maximum(hi, mx.to(torch.float64), out=hi)
+    return total, lo, hi
 
 
-def _center_and_scale(s: torch.Tensor, r: torch.Tensor, dev: torch.device, budget: int) -> tuple[torch.Tensor, float]:
+def _center_and_scale(
+    s: torch.Tensor, r: torch.Tensor, dev: torch.device, budget: int, names: tuple[str, str]
+) -> tuple[torch.Tensor, float]:
     """The references' float64 mean c, and the power of two 2^p with max |x - c| 2^p in [0.5, 1)."""
     d = s.shape[1]
     rows = max(1, budget // (3 * 8 * d))
-    total = torch.zeros(d, dtype=torch.float64, device=dev)
-    for _, t in _scan_rows(r, dev, rows):
-        if not torch.isfinite(t).all():
-            raise ValueError("references contain NaN or inf values: remove or replace them first")
-        total += t.sum(0)
+    total, lo, hi = _summaries(r, dev, rows, names[1])
+    _, slo, shi = _summaries(s, dev, rows, names[0])
     c = total / r.shape[0]
-    big = 0.0
-    for name, x in (("samples", s), ("references", r)):
-        for _, t in _scan_rows(x, dev, rows):
-            if name == "samples" and not torch.isfinite(t).all():
-                raise ValueError("samples contain NaN or inf values: remove or replace them first")
-            big = max(big, float((t - c).abs().max()))
+    big = float(torch.maximum(torch.maximum(hi, shi) - c, c - torch.minimum(lo, slo)).max())
     if big * big * 4 * d >= 2.0**1020:
         raise ValueError(
             f"values up to {big:.3g} away from the references' mean: their squared distances overflow float64; "
@@ -203,7 +214,14 @@ def _center_and_scale(s: torch.Tensor, r: torch.Tensor, dev: torch.device, budge
 
 
 def _plan(
-    s: torch.Tensor, r: torch.Tensor, dev: torch.device, budget: int, precision: str, max_rows: int, norms_twice: bool
+    s: torch.Tensor,
+    r: torch.Tensor,
+    dev: torch.device,
+    budget: int,
+    precision: str,
+    max_rows: int,
+    norms_twice: bool,
+    names: tuple[str, str],
 ) -> _Plan:
     n, m, d = s.shape[0], r.shape[0], s.shape[1]
     if precision == "auto":
@@ -212,12 +230,16 @@ def _plan(
     else:
         work = torch.float64 if precision == "float64" or d * 2.0**-24 > 0.1 else torch.float32
     u = 2.0**-53 if work == torch.float64 else 2.0**-24
-    center, scale = _center_and_scale(s, r, dev, budget)
+    center, scale = _center_and_scale(s, r, dev, budget, names)
     kappa = 1.25 * (((2 if norms_twice else 1) * d + 32) * u + 4 * d * 2.0**-53)
     # underflow: in the products (scaled data lies in [-1, 1]) and in the float64 sum (unscaled, hence scale^2)
     tiny = 2.0**-140 if work == torch.float32 else 2.0**-1000
     alpha = (4 * d + 64) * (tiny + 2.0**-1070 * scale * scale)
     w = 4 if work == torch.float32 else 8
+    cache = n * d * w <= budget // 4
+    pairs = max(1, budget // (4 * 8 * d))
+    if cache:
+        budget -= n * d * w
     rows = max(1, min(n, max_rows, 4096))
 
     def cols_for(b: int) -> int:
@@ -226,19 +248,22 @@ def _plan(
     while rows > 1 and cols_for(rows) < min(m, 1024):
         rows = max(1, rows // 2)
     cols = int(max(1, min(m, cols_for(rows))))
-    pairs = max(1, budget // (4 * 8 * d))
-    return _Plan(dev, work, center, scale, kappa, alpha, rows, cols, pairs)
+    return _Plan(dev, work, center * scale, scale, kappa, alpha, rows, cols, pairs, cache)
 
 
 def _prepare(x: torch.Tensor, p: _Plan) -> tuple[torch.Tensor, torch.Tensor]:
-    """Centred, scaled rows in the product dtype, and their float64 squared norms."""
-    t = x.to(device=p.dev, dtype=torch.float64) - p.center
-    t.mul_(p.scale)
-    if p.work == torch.float64:
-        return t, (t * t).sum(1)
-    y = t.to(torch.float32)
-    t.copy_(y)  # exact: the float32 values, for their norms
-    return y, t.square_().sum(1)
+    """Centred, scaled rows x' = fl(x 2^p - c 2^p) in the product dtype, and their float64 squared norms.
+
+    float32 work: a float32 (or narrower) x is scaled exactly and centred with one float32 rounding; any
+    other x in float64 first (two roundings); either way |x' - (x - c) 2^p| <= 2^-23 |x'| per coordinate.
+    """
+    t = x.to(p.dev)
+    narrow = p.work == torch.float32 and t.dtype in (torch.float32, torch.float16, torch.bfloat16)
+    y = torch.mul(t.to(torch.float32 if narrow else torch.float64), p.scale)  # a new tensor: x is never written
+    y.sub_(p.center.to(y.dtype) if narrow else p.center)
+    if y.dtype != p.work:
+        y = y.to(p.work)
+    return y, torch.linalg.vector_norm(y, dim=1, dtype=torch.float64).square_()
 
 
 def _products(xb: torch.Tensor, yc: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -253,21 +278,20 @@ def _first_pass_torch(s: torch.Tensor, r: torch.Tensor, p: _Plan, keep: int):
     best_idx = torch.zeros((n, keep), dtype=torch.int64, device=p.dev)
     nx_all = torch.empty(n, dtype=torch.float64, device=p.dev)
     ny_all = torch.empty(m, dtype=torch.float64, device=p.dev)
-    cached = None
+    cached: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
     for j0 in range(0, m, p.cols):
         yc, ny = _prepare(r[j0 : j0 + p.cols], p)
         ny_all[j0 : j0 + yc.shape[0]] = ny
         w = (ny - (p.kappa * ny + p.alpha / 2)).to(p.work)
         kb = min(keep, yc.shape[0])
         for i0 in range(0, n, p.rows):
-            if cached is not None:
-                xb, nx = cached
+            if i0 in cached:
+                xb, nx = cached[i0]
             else:
                 xb, nx = _prepare(s[i0 : i0 + p.rows], p)
-                if j0 == 0:
-                    nx_all[i0 : i0 + xb.shape[0]] = nx
-                    if p.rows >= n:
-                        cached = (xb, nx)
+                nx_all[i0 : i0 + xb.shape[0]] = nx
+                if p.cache:
+                    cached[i0] = (xb, nx)
             g = _products(xb, yc, w)
             v, j = torch.topk(g, kb, dim=1, largest=False, sorted=False)
             del g
@@ -368,6 +392,7 @@ def two_nearest(
     backend: str = "auto",
     precision: str = "auto",
     max_block: int | None = None,
+    names: tuple[str, str] = ("samples", "references"),
 ) -> TwoNearest:
     """The exact two nearest references (L2) of every sample, in bounded memory.
 
@@ -393,6 +418,8 @@ def two_nearest(
         float64 when N M D <= 2^27 or D > 167 000, float32 otherwise.
     max_block : int, optional
         At most this many samples per block.
+    names : (str, str)
+        What the two sets are called in error messages.
 
     Returns
     -------
@@ -406,7 +433,7 @@ def two_nearest(
     >>> refs = torch.tensor([[0.0, 0.0], [3.0, 4.0], [0.0, 0.0]])
     >>> r = two_nearest(torch.tensor([[0.0, 0.0], [3.0, 3.0]]), refs)
     >>> r.d1.tolist(), r.d2.tolist(), r.index1.tolist(), r.index2.tolist()
-    ([0.0, 0.0], [1.0, 4.242640687119285], [0, 1], [2, 0])
+    ([0.0, 1.0], [0.0, 4.242640687119285], [0, 1], [2, 0])
     """
     budget = _check_budget(memory_budget)
     if backend not in _BACKENDS:
@@ -415,23 +442,23 @@ def two_nearest(
         raise ValueError(f"precision must be one of {', '.join(_PRECISIONS)}, got {precision!r}")
     if max_block is not None and (isinstance(max_block, bool) or not isinstance(max_block, int) or max_block < 1):
         raise ValueError(f"max_block must be a positive number of samples, got {max_block!r}")
-    s, r = _rows(samples, "samples"), _rows(references, "references")
+    sn, rn = names
+    s, r = _rows(samples, sn), _rows(references, rn)
     if s.shape[1] != r.shape[1]:
-        raise ValueError(
-            f"samples have dimension {s.shape[1]} but the references {r.shape[1]}; compare them in the same space"
-        )
+        raise ValueError(f"{sn} have dimension {s.shape[1]} but {rn} {r.shape[1]}; compare them in the same space")
     if r.shape[0] < 2:
-        raise ValueError(f"need at least 2 references for the two nearest, got {r.shape[0]}")
+        raise ValueError(f"need at least 2 rows of {rn} for the two nearest, got {r.shape[0]}")
     if s.shape[0] == 0:
-        raise ValueError("samples is empty: pass at least one sample")
+        raise ValueError(f"{sn} is empty: pass at least one row")
     if s.shape[1] == 0:
-        raise ValueError("samples and references have no coordinates (dimension 0)")
+        raise ValueError(f"{sn} and {rn} have no coordinates (dimension 0)")
     dev = _device(device, samples, references)
     faiss = _faiss(backend, r.shape[0], dev)
     n, m = s.shape[0], r.shape[0]
     keep = min(_KEEP, m)
     with torch.no_grad(), _ieee_float32_products():
-        p = _plan(s, r, dev, budget, "float32" if faiss is not None else precision, max_block or n, faiss is not None)
+        prec = "float32" if faiss is not None else precision
+        p = _plan(s, r, dev, budget, prec, max_block or n, faiss is not None, names)
         if faiss is not None:
             low, cand, nx, ny = _first_pass_faiss(s, r, p, keep, faiss)
         else:
