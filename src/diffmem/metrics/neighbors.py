@@ -112,7 +112,7 @@ def _rows(x: Any, name: str) -> torch.Tensor:
         raise ValueError(f"{name} must hold real numbers, got dtype {t.dtype}")
     if t.ndim < 2:
         raise ValueError(f"{name} must have shape (N, ...) with one example per row, got {tuple(t.shape)}")
-    return t.reshape(t.shape[0], -1)
+    return t.reshape(t.shape[0], math.prod(t.shape[1:]))
 
 
 def _device(device: Any, samples: Any, references: Any) -> torch.device:
@@ -235,7 +235,13 @@ def _plan(
     # underflow: in the products (scaled data lies in [-1, 1]) and in the float64 sum (unscaled, hence scale^2)
     tiny = 2.0**-140 if work == torch.float32 else 2.0**-1000
     alpha = (4 * d + 64) * (tiny + 2.0**-1070 * scale * scale)
-    w = 4 if work == torch.float32 else 8
+    rows, cols, pairs, cache = _block_sizes(n, m, d, 4 if work == torch.float32 else 8, budget, max_rows)
+    return _Plan(dev, work, center * scale, scale, kappa, alpha, rows, cols, pairs, cache)
+
+
+def _block_sizes(n: int, m: int, d: int, w: int, budget: int, max_rows: int) -> tuple[int, int, int, bool]:
+    """Samples per block, references per chunk, pairs per re-check chunk, and whether to keep the prepared
+    samples, such that the working blocks fit in ``budget`` bytes (products of w bytes)."""
     cache = n * d * w <= budget // 4
     pairs = max(1, budget // (4 * 8 * d))
     if cache:
@@ -247,8 +253,7 @@ def _plan(
 
     while rows > 1 and cols_for(rows) < min(m, 1024):
         rows = max(1, rows // 2)
-    cols = int(max(1, min(m, cols_for(rows))))
-    return _Plan(dev, work, center * scale, scale, kappa, alpha, rows, cols, pairs, cache)
+    return rows, int(max(1, min(m, cols_for(rows)))), pairs, cache
 
 
 def _prepare(x: torch.Tensor, p: _Plan) -> tuple[torch.Tensor, torch.Tensor]:
