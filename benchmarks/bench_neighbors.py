@@ -161,16 +161,27 @@ def main() -> None:
             "f_mem": float(np.mean(r["ratios"] < K)),
         }
         if exact is not None and method != "exact":
-            entry["memorized_flags_differ"] = int(((r["ratios"] < K) != (exact["ratios"] < K)).sum())
+            flags = (r["ratios"] < K) != (exact["ratios"] < K)
+            entry["memorized_flags_differ"] = int(flags.sum())
+            entry["memorized_flags_differ_untied"] = int((flags & ~exact["tied"]).sum())
             differ = r["nearest"] != exact["nearest"]
             entry["nearest_differ"] = int(differ.sum())
             entry["nearest_differ_untied"] = int((differ & ~exact["tied"]).sum())  # where d1 < d2
             finite = np.isfinite(r["ratios"]) & np.isfinite(exact["ratios"])
-            entry["max_abs_ratio_diff"] = float(np.abs(r["ratios"] - exact["ratios"])[finite].max())
+            gap = np.abs(r["ratios"] - exact["ratios"])
+            entry["max_abs_ratio_diff"] = float(gap[finite].max())
+            entry["max_abs_ratio_diff_untied"] = float(gap[finite & ~exact["tied"]].max())
         summary["methods"][method] = entry
         extra = "".join(
             f", {k} {entry[k]:.3g}"
-            for k in ("memorized_flags_differ", "nearest_differ", "nearest_differ_untied", "max_abs_ratio_diff")
+            for k in (
+                "memorized_flags_differ",
+                "memorized_flags_differ_untied",
+                "nearest_differ",
+                "nearest_differ_untied",
+                "max_abs_ratio_diff",
+                "max_abs_ratio_diff_untied",
+            )
             if k in entry
         )
         print(
