@@ -9,12 +9,13 @@ implementations of the same test:
   ``torch.topk`` of 2;
 * ``cdist64``: one float64 ``torch.cdist`` of everything (the full N x M matrix), ``torch.topk`` of 2.
 
-Each method runs in a fresh Python process; its peak resident memory is that process's
-``getrusage(RUSAGE_SELF).ru_maxrss``, reported as is and less the peak of a process that imports torch and
-diffmem and builds the same data but searches nothing (the baseline). The answers are compared: f_mem,
-the memorized flags, the nearest indices and the ratios. Then the exact search is checked bit for bit
-against a float64 brute force (every distance as the plain sum of squared differences, stable sort) on a
-smaller case (``--check-n`` samples against ``--check-m`` rows, same kind of data, ties included).
+Each method runs ``--repeats`` times, each in a fresh Python process (median and range of the wall
+time); a process's peak resident memory is its ``getrusage(RUSAGE_SELF).ru_maxrss``, reported as is
+and less the peak of a process that imports torch and diffmem and builds the same data but searches
+nothing (the baseline). The answers are compared: f_mem, the memorized flags, the nearest indices and
+the ratios, everywhere and away from ties (samples with d1 < d2). Then the exact search is checked bit
+for bit against a float64 brute force (every distance as the plain sum of squared differences, stable
+sort) on a smaller case (``--check-n`` samples against ``--check-m`` rows, same data, ties included).
 
     flock -x /work/cpu.lock python3 benchmarks/bench_neighbors.py --out runs/bench_neighbors.json
 """
@@ -134,6 +135,7 @@ def main() -> None:
     ap.add_argument("--m", type=int, default=32_768, help="training rows")
     ap.add_argument("--d", type=int, default=1024, help="dimension")
     ap.add_argument("--methods", nargs="+", default=["exact", "chunked64", "cdist64"])
+    ap.add_argument("--repeats", type=int, default=3, help="fresh processes per method (median and range)")
     ap.add_argument("--check-n", type=int, default=300, help="samples of the brute-force check (0: skip)")
     ap.add_argument("--check-m", type=int, default=4096, help="training rows of the brute-force check")
     ap.add_argument("--out", default="runs/bench_neighbors.json")
@@ -146,7 +148,10 @@ def main() -> None:
     rows = {}
     with tempfile.TemporaryDirectory() as tmp:
         for method in ["baseline", *args.methods]:
-            rows[method] = run_worker(method, args.n, args.m, args.d, Path(tmp))
+            runs = [run_worker(method, args.n, args.m, args.d, Path(tmp)) for _ in range(args.repeats)]
+            rows[method] = runs[-1]
+            rows[method]["walls"] = sorted(x["wall_s"] for x in runs)
+            rows[method]["peak_rss_bytes"] = max(x["peak_rss_bytes"] for x in runs)
     base = rows["baseline"]["peak_rss_bytes"]
     exact = rows.get("exact")
     summary: dict = {"n": args.n, "m": args.m, "d": args.d, "threads": torch.get_num_threads(), "methods": {}}
@@ -155,7 +160,9 @@ def main() -> None:
     for method in args.methods:
         r = rows[method]
         entry = {
-            "wall_s": r["wall_s"],
+            "wall_s": float(np.median(r["walls"])),
+            "wall_s_range": [r["walls"][0], r["walls"][-1]],
+            "repeats": len(r["walls"]),
             "peak_rss_gib": r["peak_rss_bytes"] / 2**30,
             "peak_above_baseline_gib": (r["peak_rss_bytes"] - base) / 2**30,
             "f_mem": float(np.mean(r["ratios"] < K)),
@@ -185,7 +192,8 @@ def main() -> None:
             if k in entry
         )
         print(
-            f"{method:>10}: {entry['wall_s']:7.2f} s, peak RSS {entry['peak_rss_gib']:.2f} GiB "
+            f"{method:>10}: {entry['wall_s']:6.2f} s [{entry['wall_s_range'][0]:.2f}, {entry['wall_s_range'][1]:.2f}] "
+            f"over {entry['repeats']}, peak RSS {entry['peak_rss_gib']:.2f} GiB "
             f"({entry['peak_above_baseline_gib']:.2f} above baseline), f_mem {entry['f_mem']:.4f}{extra}"
         )
     summary["baseline_peak_rss_gib"] = base / 2**30

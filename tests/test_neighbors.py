@@ -177,8 +177,13 @@ def test_long_rows_sum_in_blocks():
     g = torch.Generator().manual_seed(10)
     a, b = torch.randn(3, 20_000, generator=g), torch.randn(3, 20_000, generator=g)
     np.testing.assert_allclose(pair_sqdist64(a, b).numpy(), ((a.double() - b.double()) ** 2).sum(1).numpy(), rtol=1e-13)
-    one = torch.stack([pair_sqdist64(a[i : i + 1], b[i : i + 1])[0] for i in range(3)])
-    assert torch.equal(one, pair_sqdist64(a, b))  # a pair's value does not depend on its batch
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # a lone long row is what a threaded sum would split
+    try:
+        one = torch.stack([pair_sqdist64(a[i : i + 1], b[i : i + 1])[0] for i in range(3)])
+        assert torch.equal(one, pair_sqdist64(a, b))  # a pair's value does not depend on its batch
+    finally:
+        torch.set_num_threads(threads)
     r = torch.randn(40, 20_000, generator=g)
     s = torch.cat([torch.randn(5, 20_000, generator=g), r[:3] + 0.01])
     got = two_nearest(s, r, precision="float32")

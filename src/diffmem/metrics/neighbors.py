@@ -488,7 +488,8 @@ def two_nearest(
 
 
 def _faiss(backend: str, m: int, dev: torch.device):
-    if backend == "torch":
+    """The faiss module when the candidates come from faiss, else None (imported only then)."""
+    if backend == "torch" or (backend == "auto" and (m <= FAISS_THRESHOLD or dev.type != "cpu")):
         return None
     try:
         import faiss
@@ -499,6 +500,4 @@ def _faiss(backend: str, m: int, dev: torch.device):
             f'backend="faiss" needs faiss ({e}); install it with `pip install "diffmem[faiss]"` '
             '(or `pip install faiss-cpu`), or use backend="torch"'
         ) from e
-    if backend == "auto" and (m <= FAISS_THRESHOLD or dev.type != "cpu"):
-        return None
     return faiss
