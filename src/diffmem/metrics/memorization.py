@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .neighbors import DEFAULT_MEMORY_BUDGET, two_nearest
+
 __all__ = [
     "MemorizationFraction",
     "MemorizationResult",
@@ -46,21 +48,32 @@ def _flat64(x, name: str) -> torch.Tensor:
     return t
 
 
-def nearest_two(samples, train, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(d1, d2, index of nearest) for every sample: L2 distances to its two nearest training rows."""
-    s, tr = _flat64(samples, "samples"), _flat64(train, "train")
-    if s.shape[1] != tr.shape[1]:
-        raise ValueError(f"samples have dimension {s.shape[1]} but training data {tr.shape[1]}; use the same space")
-    if tr.shape[0] < 2:
-        raise ValueError("need at least 2 training examples for the nearest/second-nearest ratio")
-    d1, d2, idx = [], [], []
-    for i in range(0, s.shape[0], chunk):
-        d = torch.cdist(s[i : i + chunk], tr)
-        v, j = torch.topk(d, 2, dim=1, largest=False)
-        d1.append(v[:, 0])
-        d2.append(v[:, 1])
-        idx.append(j[:, 0])
-    return torch.cat(d1).numpy(), torch.cat(d2).numpy(), torch.cat(idx).numpy()
+def nearest_two(
+    samples,
+    train,
+    chunk: int = 4096,
+    *,
+    memory_budget: float = DEFAULT_MEMORY_BUDGET,
+    device=None,
+    backend: str = "auto",
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(d1, d2, index of nearest) for every sample: L2 distances to its two nearest training rows.
+
+    Exact (equal to a float64 brute force, ties to the lower index) and in bounded memory: see
+    :func:`diffmem.metrics.neighbors.two_nearest`. ``chunk`` caps the samples per block,
+    ``memory_budget`` (bytes) the working blocks; neither changes the result. ``device`` defaults to the
+    samples' device; ``backend`` is "auto", "torch" or "faiss".
+    """
+    r = two_nearest(
+        samples,
+        train,
+        memory_budget=memory_budget,
+        device=device,
+        backend=backend,
+        max_block=chunk,
+        names=("samples", "train"),
+    )
+    return r.d1, r.d2, r.index1
 
 
 def bootstrap_mean_ci(
