@@ -198,6 +198,27 @@ def test_missing_and_invalid_folders(tmp_path, pipe_dir):
         load_pipeline_model(noweights)
 
 
+def test_pickled_weights_are_refused_not_loaded(pipe_dir, tmp_path, monkeypatch):
+    # a planted .bin file: the loader must refuse the folder without ever calling torch.load on it
+    calls = []
+    real_load = torch.load
+
+    def watched_load(*a, **k):
+        calls.append(a[0] if a else k.get("f"))
+        return real_load(*a, **k)
+
+    monkeypatch.setattr(torch, "load", watched_load)
+    for part in ("unet", "vae"):
+        d = tmp_path / part
+        shutil.copytree(pipe_dir, d)
+        for w in (d / part).glob("*.safetensors"):
+            w.unlink()
+        (d / part / "diffusion_pytorch_model.bin").write_bytes(b"not a real pickle")
+        with pytest.raises(ValueError, match="pickled|safetensors"):
+            load_pipeline_model(d)
+    assert calls == []
+
+
 def test_fp16_variant_only_folder_loads(pipe_dir, tmp_path):
     d = tmp_path / "fp16"
     shutil.copytree(pipe_dir, d)

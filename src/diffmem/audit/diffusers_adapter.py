@@ -1,8 +1,8 @@
 """A local Stable-Diffusion-style diffusers pipeline as a :class:`~diffmem.audit.protocol.GuidedModel`.
 
 Everything is loaded from a folder on disk (``save_pretrained`` layout: ``model_index.json`` plus
-``unet/``, ``vae/``, ``text_encoder/``, ``tokenizer/``, ``scheduler/``); nothing is fetched from a
-hub. The audit works in the pipeline's latent space:
+``unet/``, ``vae/``, ``text_encoder/``, ``tokenizer/``, ``scheduler/``, every weight file as safetensors:
+nothing is unpickled); nothing is fetched from a hub. The audit works in the pipeline's latent space:
 
 - ``latent_shape`` is ``(unet.config.in_channels, sample_size, sample_size)``: the latent of one
   image at the pipeline's default resolution ``sample_size * vae_scale_factor`` (512 px for SD 1.x).
@@ -33,6 +33,7 @@ import torch
 
 from ..models.diffusers import (
     REQUIRED_COMPONENTS,
+    NO_PICKLE,
     SD_LAYOUT,
     check_pipeline_folder,
     eps_from_prediction,
@@ -301,7 +302,7 @@ def load_pipeline_model(
     index = check_pipeline_folder(folder)
     diffusers = import_diffusers("auditing a Stable Diffusion pipeline", transformers=True)
     extra: dict[str, Any] = {name: None for name in ("feature_extractor", "image_encoder") if name in index}
-    variant = weights_variant(Path(folder) / "unet", pickled_ok=True)
+    variant = weights_variant(Path(folder) / "unet", layout=SD_LAYOUT)
     if variant is not None:
         extra["variant"] = variant
     try:
@@ -310,6 +311,7 @@ def load_pipeline_model(
             pipe = diffusers.StableDiffusionPipeline.from_pretrained(
                 str(folder),
                 local_files_only=True,
+                use_safetensors=True,  # never unpickle: a component without safetensors weights is refused
                 safety_checker=None,
                 requires_safety_checker=False,
                 torch_dtype=dtype,
@@ -318,7 +320,7 @@ def load_pipeline_model(
     except (OSError, ValueError, KeyError, TypeError, AttributeError, RuntimeError) as e:
         raise ValueError(
             f"could not load the diffusers pipeline in {folder} ({type(e).__name__}: {e}); {SD_LAYOUT}, "
-            "each with its weights (*.safetensors or *.bin)"
+            f"each with its weights as safetensors ({NO_PICKLE})"
         ) from e
     if hasattr(pipe, "set_progress_bar_config"):
         pipe.set_progress_bar_config(disable=True)
