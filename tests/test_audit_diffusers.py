@@ -214,7 +214,7 @@ def test_pickled_weights_are_refused_not_loaded(pipe_dir, tmp_path, monkeypatch)
         for w in (d / part).glob("*.safetensors"):
             w.unlink()
         (d / part / "diffusion_pytorch_model.bin").write_bytes(b"not a real pickle")
-        with pytest.raises(ValueError, match="pickled|safetensors"):
+        with pytest.raises(ValueError, match=r"pickled|safetensors"):
             load_pipeline_model(d)
     assert calls == []
 

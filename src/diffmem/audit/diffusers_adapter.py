@@ -32,8 +32,8 @@ from typing import Any
 import torch
 
 from ..models.diffusers import (
-    REQUIRED_COMPONENTS,
     NO_PICKLE,
+    REQUIRED_COMPONENTS,
     SD_LAYOUT,
     check_pipeline_folder,
     eps_from_prediction,
