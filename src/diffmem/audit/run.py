@@ -27,6 +27,7 @@ import numpy as np
 
 from .. import io
 from ..config import claim_folder, to_dict
+from ..validation import Integer, Interval, OneOf, Optional, check
 from . import analysis
 from .detectors import DETECTORS, detector_costs, roc_table
 from .mitigation import guidance_schedule, mitigation_outcome, mitigation_table, transition_steps
@@ -153,42 +154,31 @@ class AuditConfig:
     """Drop of a group's mean severity below constant guidance that counts as mitigation (fixed before measuring)."""
 
     def validate(self) -> None:
-        if not 0 <= self.guidance <= 50:  # also refuses NaN
-            raise ValueError(f"guidance must lie in [0, 50] (Stable Diffusion's default is 7.5), got {self.guidance}")
-        if int(self.steps) != self.steps or not 1 <= self.steps <= 1000:
-            raise ValueError(f"steps must be an integer in [1, 1000], got {self.steps}")
-        if int(self.seeds) != self.seeds or self.seeds < 2:
-            raise ValueError(f"seeds must be an integer >= 2 (seed distances need pairs), got {self.seeds}")
-        if not 1 <= self.first_steps <= self.steps:
-            raise ValueError(f"first_steps must be in [1, steps={self.steps}], got {self.first_steps}")
-        if self.converge_step is not None and not 1 <= self.converge_step <= self.steps:
-            raise ValueError(
-                f"converge_step must be in [1, steps={self.steps}] (steps = the final sample), got {self.converge_step}"
-            )
-        if self.n_boot < 0:
-            raise ValueError(f"n_boot must be >= 0, got {self.n_boot}")
-        if self.spacing not in ("leading", "trailing", "linspace"):
-            raise ValueError(f"spacing must be 'leading', 'trailing' or 'linspace', got {self.spacing!r}")
-        if not 0 < self.early_fraction <= 1:  # also refuses NaN
-            raise ValueError(
-                f"early_fraction must lie in (0, 1] (the share of the steps that count as early; 0.2 = the first "
-                f"fifth), got {self.early_fraction}"
-            )
-        if self.decompose_against not in (None, "training", "final"):
-            raise ValueError(
-                f"decompose_against must be 'training', 'final' or None (training where the image is known), "
-                f"got {self.decompose_against!r}"
-            )
-        if self.reference_curves not in ("sqrt_ab", "ddim_exact"):
-            raise ValueError(f"reference_curves must be 'sqrt_ab' or 'ddim_exact', got {self.reference_curves!r}")
-        if not 0 < self.mitigation_min_drop <= 2:
-            raise ValueError(
-                f"mitigation_min_drop is a drop of mean severity and must lie in (0, 2], got {self.mitigation_min_drop}"
-            )
+        check(
+            self,
+            {
+                "guidance": Interval(0, 50, "both", hint="Stable Diffusion's default is 7.5"),
+                "steps": Integer(1, 1000),
+                "seeds": Integer(min=2, hint="seed distances need pairs"),
+                "first_steps": Integer(1, int(self.steps), text=f"be in [1, steps={self.steps}]"),
+                "converge_step": Optional(
+                    Integer(1, int(self.steps), text=f"be in [1, steps={self.steps}]", hint="steps = the final sample")
+                ),
+                "n_boot": Integer(min=0),
+                "spacing": OneOf("leading", "trailing", "linspace"),
+                "early_fraction": Interval(
+                    0, 1, "right", hint="the share of the steps that count as early; 0.2 = the first fifth"
+                ),
+                "decompose_against": OneOf(
+                    "training", "final", None, hint="None: the training image where the prompt has one"
+                ),
+                "reference_curves": OneOf("sqrt_ab", "ddim_exact"),
+                "mitigation_min_drop": Interval(0, 2, "right", what="a drop of mean severity"),
+                "mitigation_early_scale": Interval(-50, 50, "both"),
+                "mitigation_negative_scale": Interval(-50, 50, "both"),
+            },
+        )
         transition_steps(self.steps, self.mitigation_transition)
-        for name in ("mitigation_early_scale", "mitigation_negative_scale"):
-            if not -50 <= getattr(self, name) <= 50:
-                raise ValueError(f"{name} must lie in [-50, 50], got {getattr(self, name)}")
 
     @property
     def resolved_converge_step(self) -> int:

@@ -62,6 +62,7 @@ from ..metrics.losses import eps_loss
 from ..models import ResidualMLP
 from ..schedule import Schedule
 from ..state import restore_training_state, training_state
+from ..validation import Each, Integer, Interval, OneOf, Optional, check
 from .protocol import PromptSpec
 
 __all__ = ["DigitClassifier", "TestbedConfig", "TestbedModel", "build_testbed", "testbed_captions"]
@@ -142,48 +143,39 @@ class TestbedConfig:
     """Seed of the captions, the network's initialisation and the training draws."""
 
     def validate(self) -> None:
-        if not 1 <= self.n_memorized <= len(_NAMES) or not 0 <= self.n_partial <= len(_NAMES):
-            raise ValueError(
-                f"n_memorized must be in [1, {len(_NAMES)}] and n_partial in [0, {len(_NAMES)}], "
-                f"got {self.n_memorized}, {self.n_partial}"
-            )
-        if not 1 <= self.n_generic <= len(_NAMES):
-            raise ValueError(f"n_generic must be in [1, {len(_NAMES)}], got {self.n_generic}")
-        if self.partial_size is not None and (int(self.partial_size) != self.partial_size or self.partial_size < 2):
-            raise ValueError(
-                "partial_size must be an integer >= 2 (a partial caption binds a few near images), "
-                f"got {self.partial_size}"
-            )
-        sizes = self.resolved_partial_sizes
-        if not sizes or any(int(k) != k or not 2 <= k <= 64 for k in sizes):
-            raise ValueError(
-                f"partial_sizes must be one or more integers in [2, 64] (a partial caption binds a few near "
-                f"images; 1 image is a memorized caption), got {self.partial_sizes}"
-            )
-        if not 0 <= self.n_guided <= len(_NAMES):
-            raise ValueError(f"n_guided must be in [0, {len(_NAMES)}], got {self.n_guided}")
-        if int(self.guided_size) != self.guided_size or not 2 <= self.guided_size <= 32:
-            raise ValueError(
-                f"guided_size must be an integer in [2, 32] (a cluster of a few images), got {self.guided_size}"
-            )
-        if int(self.guided_weight) != self.guided_weight or not 1 <= self.guided_weight <= 32:
-            raise ValueError(f"guided_weight must be an integer in [1, 32], got {self.guided_weight}")
-        if self.guided_members not in ("other_digits", "same_digit"):
-            raise ValueError(f"guided_members must be 'other_digits' or 'same_digit', got {self.guided_members!r}")
+        names = len(_NAMES)
+        near = "a partial caption binds a few near images"
+        check(
+            self,
+            {
+                "n_memorized": Integer(1, names),
+                "n_partial": Integer(0, names),
+                "n_generic": Integer(1, names),
+                "partial_size": Optional(Integer(min=2, hint=near)),
+                "partial_sizes": Each(
+                    Integer(2, 64),
+                    text="be one or more integers in [2, 64]",
+                    hint=f"{near}; 1 image is a memorized caption",
+                ),
+                "n_guided": Integer(0, names),
+                "guided_size": Integer(2, 32, hint="a cluster of a few images"),
+                "guided_weight": Integer(1, 32),
+                "guided_members": OneOf("other_digits", "same_digit"),
+                "width": Integer(min=1),
+                "blocks": Integer(min=1),
+                "steps": Integer(min=1),
+                "batch_size": Integer(min=1),
+                "resume_every": Integer(min=1),
+                "cond_dropout": Interval(0, 1, hint="the unconditional branch needs training"),
+                "lr": Interval(0),
+                "scale": Interval(0),
+            },
+        )
         if self.guided_members == "other_digits" and self.guided_size > 4:
             raise ValueError(
                 f"guided_size must be at most 4 with guided_members='other_digits' (digits d+3, d+6, d+9), "
                 f"got {self.guided_size}"
             )
-        for name in ("width", "blocks", "steps", "batch_size", "resume_every"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
-        if not 0 < self.cond_dropout < 1:
-            raise ValueError(
-                f"cond_dropout must lie in (0, 1) (the unconditional branch needs training), got {self.cond_dropout}"
-            )
-        if not self.lr > 0 or not self.scale > 0:
-            raise ValueError(f"lr and scale must be positive, got {self.lr}, {self.scale}")
 
     @property
     def resolved_partial_sizes(self) -> tuple[int, ...]:
