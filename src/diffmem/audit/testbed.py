@@ -148,16 +148,16 @@ class TestbedConfig:
         check(
             self,
             {
-                "n_memorized": Integer(1, names),
-                "n_partial": Integer(0, names),
-                "n_generic": Integer(1, names),
+                "n_memorized": Integer(1, names, text=f"be in [1, {names}]"),
+                "n_partial": Integer(0, names, text=f"be in [0, {names}]"),
+                "n_generic": Integer(1, names, text=f"be in [1, {names}]"),
                 "partial_size": Optional(Integer(min=2, hint=near)),
                 "partial_sizes": Each(
                     Integer(2, 64),
                     text="be one or more integers in [2, 64]",
                     hint=f"{near}; 1 image is a memorized caption",
                 ),
-                "n_guided": Integer(0, names),
+                "n_guided": Integer(0, names, text=f"be in [0, {names}]"),
                 "guided_size": Integer(2, 32, hint="a cluster of a few images"),
                 "guided_weight": Integer(1, 32),
                 "guided_members": OneOf("other_digits", "same_digit"),
